@@ -1,0 +1,158 @@
+import re
+
+import keras  # noqa: E402
+import numpy as np
+import pytest
+
+from tflowrank.evaluate import evaluate_tflite  # noqa: E402
+from tflowrank.export import export_tflite  # noqa: E402
+
+
+def quadrant_images(n, seed):
+    """uint8 (n, 8, 8) images; the label is the quadrant holding a bright 4x4 patch."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    images = rng.integers(0, 90, (n, 8, 8))
+    for image, label in zip(images, labels, strict=True):
+        r, c = divmod(int(label), 2)
+        image[4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += rng.integers(60, 166)
+    return images.astype(np.uint8), labels
+
+
+def build(head):
+    """Rescaling (the model takes 0..255 pixels), one conv, then a Flatten or a pooled head."""
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 1))
+    x = layers.Rescaling(1 / 255)(inputs)
+    x = layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    if head == "flatten":  # exports a Reshape to (1, 512): the batch cannot be resized
+        x = layers.Dense(4)(layers.Flatten()(x))
+    else:  # (1, 1, 4) then a mean: the batch can be resized
+        x = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 8, padding="valid")(x))
+    return keras.Model(inputs, x)
+
+
+@pytest.fixture(scope="module")
+def data():
+    keras.utils.set_random_seed(0)
+    x_train, y_train = quadrant_images(512, seed=1)
+    x_test, y_test = quadrant_images(300, seed=2)
+    return x_train[..., None].astype("float32"), y_train, x_test, y_test
+
+
+@pytest.fixture(scope="module", params=["flatten", "pooled"])
+def trained(request, data):
+    x_train, y_train, x_test, y_test = data
+    model = build(request.param)
+    model.compile(
+        keras.optimizers.Adam(0.01),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x_train, y_train, epochs=2, batch_size=32, verbose=0)
+    predicted = model.predict(x_test[..., None].astype("float32"), verbose=0).argmax(1)
+    return model, float(np.mean(predicted == y_test)), request.param
+
+
+@pytest.fixture(scope="module")
+def float_model(trained, tmp_path_factory):
+    model, _, head = trained
+    return export_tflite(
+        model, tmp_path_factory.mktemp(f"float-{head}") / "m.tflite", quantize=None
+    ).path
+
+
+@pytest.fixture(scope="module")
+def int8_model(trained, data, tmp_path_factory):
+    model, _, head = trained
+    path = tmp_path_factory.mktemp(f"int8-{head}") / "m.tflite"
+    return export_tflite(model, path, representative_data=data[0][:200]).path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch_size", [256, 64, 7, 1])
+def test_float_accuracy_matches_keras(trained, data, float_model, batch_size):
+    _, keras_accuracy, _ = trained
+    _, _, x_test, y_test = data
+    assert keras_accuracy > 0.8  # the model learned something, so agreement means something
+    accuracy = evaluate_tflite(float_model, x_test, y_test, batch_size=batch_size)
+    assert accuracy == pytest.approx(keras_accuracy, abs=1 / len(y_test))
+
+
+@pytest.mark.slow
+def test_int8_accuracy_close_to_keras(trained, data, int8_model):
+    _, keras_accuracy, _ = trained
+    _, _, x_test, y_test = data
+    assert abs(evaluate_tflite(int8_model, x_test, y_test) - keras_accuracy) <= 0.03
+
+
+@pytest.mark.slow
+def test_int8_io_model_with_uint8_pixels_and_one_hot_labels(trained, data, tmp_path):
+    model, keras_accuracy, _ = trained
+    x_train, _, x_test, y_test = data
+    path = export_tflite(
+        model, tmp_path / "io.tflite", representative_data=x_train[:200], int8_io=True
+    ).path
+    one_hot = np.eye(4)[y_test]
+    accuracy = evaluate_tflite(path, x_test, one_hot)
+    assert abs(accuracy - keras_accuracy) <= 0.03
+    # the same images as float with the channel axis: same answer
+    assert evaluate_tflite(path, x_test[..., None].astype("float32"), y_test) == accuracy
+
+
+@pytest.fixture(scope="module")
+def any_model(tmp_path_factory):
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(inputs)))
+    return export_tflite(model, tmp_path_factory.mktemp("any") / "m.tflite", quantize=None).path
+
+
+@pytest.mark.slow
+def test_lengths_differ(any_model):
+    message = "`x` and `y` must have the same length. Received: len(x)=3, len(y)=2"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate_tflite(any_model, np.zeros((3, 8, 8, 1)), np.zeros(2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_bad_batch_size(any_model, batch_size):
+    message = f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate_tflite(any_model, np.zeros((3, 8, 8, 1)), np.zeros(3), batch_size=batch_size)
+
+
+@pytest.mark.slow
+def test_wrong_x_shape(any_model):
+    message = (
+        "`x` does not match the model input. Received: x.shape=(3, 8, 7); expected (N, 8, 8, 1)"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate_tflite(any_model, np.zeros((3, 8, 7)), np.zeros(3))
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "none.tflite"
+    with pytest.raises(
+        ValueError, match=re.escape(f"File of `path` does not exist: {str(path)!r}")
+    ):
+        evaluate_tflite(path, np.zeros((3, 8, 8, 1)), np.zeros(3))
+
+
+@pytest.mark.slow
+def test_batches_when_the_model_can_be_resized(trained, data, float_model, monkeypatch):
+    import ai_edge_litert.interpreter as litert
+
+    calls = []
+
+    class CountingInterpreter(litert.Interpreter):
+        def invoke(self):
+            calls.append(self.get_input_details()[0]["shape"][0])
+            return super().invoke()
+
+    monkeypatch.setattr(litert, "Interpreter", CountingInterpreter)
+    _, _, x_test, y_test = data
+    evaluate_tflite(float_model, x_test, y_test, batch_size=64)
+    if trained[2] == "pooled":
+        assert calls.count(64) == 6  # the check batch, then 300 samples in 5 padded batches
+    else:
+        assert set(calls) == {1} and len(calls) == len(x_test)

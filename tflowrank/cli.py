@@ -1,0 +1,224 @@
+"""The ``tflowrank`` command: a thin layer over the public API.
+
+Every failure the user can fix (a missing file, an unreadable model, a bad argument, a converter
+that refuses a model) ends with exit status 2 and one sentence on stderr, never a traceback.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+class _Failure(Exception):
+    """A failure to report in one sentence."""
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return EXIT_USAGE
+    # the command line is a program of its own: it may quiet TensorFlow's C++ start-up logs
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .errors import TflowrankError
+
+    try:
+        args.run(args)
+    except (_Failure, ValueError, TypeError, TflowrankError, OSError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"tflowrank {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"tflowrank {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="tflowrank",
+        description="Low-rank factorization of Keras CNNs, int8 TFLite export and profiling.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("cost", help="MACs and parameters per layer of a .keras model")
+    p.add_argument("model", help="a .keras file")
+    p.set_defaults(run=_cost)
+
+    p = sub.add_parser("factorize", help="write a factorized copy of a .keras model")
+    p.add_argument("model", help="a .keras file")
+    p.add_argument("-o", "--output", required=True, help="the .keras file to write")
+    p.add_argument("--method", required=True, help="spatial or svd")
+    p.add_argument("--rank", required=True,
+                   help="an int rank, a float fraction of MACs to keep in (0, 1], or "
+                        "name=value,name=value per layer")
+    p.add_argument("--layers", help="comma-separated layer names (default: every eligible layer)")
+    p.set_defaults(run=_factorize)
+
+    p = sub.add_parser("export", help="convert a .keras model to .tflite")
+    p.add_argument("model", help="a .keras file")
+    p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
+    p.add_argument("--quantize", default="int8", choices=["int8", "dynamic", "float16", "none"])
+    p.add_argument("--data", help="calibration inputs for int8: a .npy file, a .npz file (its "
+                                  "'x' array or first array), or 'fashion-mnist'")
+    p.add_argument("--int8-io", action="store_true", help="int8 model input and output")
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser("profile", help="host latency of .tflite models (first one is the baseline)")
+    p.add_argument("models", nargs="+", help=".tflite files")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup-runs", type=int, default=5)
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(run=_profile)
+
+    p = sub.add_parser("demo", help="compress the baseline Fashion-MNIST CNN end to end")
+    p.add_argument("-o", "--output", default="tflowrank-demo", help="folder for the outputs")
+    p.add_argument("--method", default="spatial", help="spatial or svd")
+    p.add_argument("--fraction", type=float, default=0.4,
+                   help="share of each conv layer's MACs to keep (default 0.4)")
+    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default 1)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per model")
+    p.set_defaults(run=_demo)
+    return parser
+
+
+def _load(path):
+    from . import layers  # noqa: F401  registers tflowrank's layers with Keras
+    from ._backend import require_tensorflow
+
+    keras, _ = require_tensorflow()
+    path = Path(path)
+    if not path.is_file():
+        raise _Failure(f"Model file '{path}' does not exist.")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for unreadable files
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise _Failure(f"Could not read model '{path}': {first}") from error
+
+
+def parse_rank(text):
+    """'8' -> 8, '0.4' -> 0.4, 'conv1=8,conv2=0.5' -> {'conv1': 8, 'conv2': 0.5}."""
+    def number(value):
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                raise _Failure(f"--rank must be an int, a float or name=value pairs; "
+                               f"received {text!r}.") from None
+
+    if "=" not in text:
+        return number(text)
+    ranks = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if not name.strip() or not value.strip():
+            raise _Failure(f"--rank pairs must read name=value; received {item!r}.")
+        ranks[name.strip()] = number(value.strip())
+    return ranks
+
+
+def _cost(args):
+    from .costs import cost
+
+    print(cost(_load(args.model)))
+
+
+def _factorize(args):
+    import warnings
+
+    from ._io import atomic_path, output_path
+    from .costs import cost
+    from .factorization import factorize
+
+    output = output_path(args.output, "--output")
+    if output.suffix != ".keras":
+        raise _Failure(f"--output must end in .keras; received '{output}'.")
+    model = _load(args.model)
+    layers = [n.strip() for n in args.layers.split(",")] if args.layers else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        new = factorize(model, args.method, parse_rank(args.rank), layers=layers)
+    for warning in caught:
+        if "tflowrank" in str(warning.message):
+            print(f"warning: {warning.message}", file=sys.stderr)
+    with atomic_path(output) as tmp:
+        new.save(tmp)
+    print(cost(new))
+    print(f"wrote {output}")
+
+
+def _calibration(spec):
+    import numpy as np
+
+    if spec == "fashion-mnist":
+        from .datasets import fashion_mnist
+        from .zoo import prepare_images
+
+        (x, _), _ = fashion_mnist(verbose=False)
+        return prepare_images(x[:500])
+    path = Path(spec)
+    if not path.is_file():
+        raise _Failure(f"Calibration data file '{path}' does not exist.")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as error:
+        raise _Failure(f"Could not read calibration data '{path}': {error}") from error
+    if isinstance(data, np.lib.npyio.NpzFile):
+        key = "x" if "x" in data.files else (data.files[0] if data.files else None)
+        if key is None:
+            raise _Failure(f"Calibration data '{path}' holds no array.")
+        data = data[key]
+    return data.astype(np.float32)
+
+
+def _export(args):
+    from .export import export_tflite
+
+    quantize = None if args.quantize == "none" else args.quantize
+    if quantize == "int8" and not args.data:
+        raise _Failure("--quantize int8 needs calibration inputs: pass --data FILE.npy "
+                       "(or --data fashion-mnist), or choose --quantize dynamic.")
+    model = _load(args.model)
+    data = _calibration(args.data) if args.data else None
+    print(export_tflite(model, args.output, quantize=quantize, representative_data=data,
+                        int8_io=args.int8_io))
+
+
+def _profile(args):
+    import json
+
+    from ._io import atomic_path, output_path
+    from .profiling import format_profiles, profile
+
+    missing = [m for m in args.models if not Path(m).is_file()]
+    if missing:
+        raise _Failure(f"Model file '{missing[0]}' does not exist.")
+    json_path = output_path(args.json, "--json") if args.json else None
+    results = profile(args.models, threads=args.threads, runs=args.runs,
+                      warmup_runs=args.warmup_runs)
+    print(format_profiles(results))
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+
+
+def _demo(args):
+    from .demo import run_demo
+
+    result = run_demo(output_dir=args.output, method=args.method,
+                      conv_macs_fraction=args.fraction, finetune_epochs=args.epochs,
+                      runs=args.runs)
+    print()
+    print(result.table)
+    print(f"\noutputs in {result.output_dir}/ (report.json, report.md, .keras and .tflite files); "
+          f"{result.seconds:.0f} s")

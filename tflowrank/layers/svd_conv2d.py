@@ -1,0 +1,63 @@
+"""SVDConv2D: a kh x kw convolution (cin -> rank) followed by a 1 x 1 convolution (rank -> filters)."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from .. import _shapes
+from ..decompositions import svd_factors
+from ._base import FactorizedConv2D
+
+__all__ = ["SVDConv2D"]
+
+
+@keras.saving.register_keras_serializable(package="tflowrank")
+class SVDConv2D(FactorizedConv2D):
+    """Channel-factorized 2-D convolution from the truncated SVD of the ``(kh*kw*cin, cout)`` kernel.
+
+    Computes ``conv(conv(x, K, kh x kw, cin -> rank), P, 1 x 1, rank -> filters) + bias``; the first
+    step carries the strides, padding and dilation of the convolution it replaces.
+
+    Args: as ``SpatialConv2D``. Weights: ``kernel_spatial`` ``(kh, kw, cin, rank)``,
+    ``kernel_pointwise`` ``(1, 1, rank, filters)``, ``bias`` ``(filters,)``.
+
+    ``SVDConv2D.from_layer(conv, rank)`` builds one from a trained ``keras.layers.Conv2D``.
+    """
+
+    method = "svd"
+    factors = (("kernel_spatial", 3), ("kernel_pointwise", 2))
+
+    def _build_factors(self, cin):
+        kh, kw = self.kernel_size
+        self._add_factor(0, (kh, kw, cin, self.rank))
+        self._add_factor(1, (1, 1, self.rank, self.filters))
+
+    def call(self, inputs):
+        x = ops.conv(inputs, self.kernel_spatial, strides=self.strides, padding=self.padding,
+                     dilation_rate=self.dilation_rate)
+        x = ops.conv(x, self.kernel_pointwise, strides=1, padding="valid")
+        return self._finish(x)
+
+    def dense_kernel(self):
+        return np.einsum("ijcr,ro->ijco", self._numpy(self.kernel_spatial),
+                         self._numpy(self.kernel_pointwise)[0, 0])
+
+    @classmethod
+    def full_rank_of(cls, layer, input_channels):
+        kh, kw = layer.kernel_size
+        return min(kh * kw * input_channels, layer.filters)
+
+    @classmethod
+    def macs_for(cls, layer, rank, input_shape):
+        first = _shapes.conv_macs(input_shape, layer.kernel_size, layer.strides,
+                                  layer.dilation_rate, layer.padding, rank)
+        if first is None:
+            return None
+        ho, wo = _shapes.conv_output_hw(input_shape[1:3], layer.kernel_size, layer.strides,
+                                        layer.dilation_rate, layer.padding)
+        return first + ho * wo * rank * layer.filters
+
+    @classmethod
+    def _decompose(cls, kernel, rank):
+        result = svd_factors(kernel, rank)
+        return (result.first, result.second), result.relative_error

@@ -1,0 +1,89 @@
+"""SVDDense: a dense layer as two dense layers in -> rank -> units."""
+
+import keras
+from keras import ops
+
+from .. import _shapes
+from ..decompositions import svd_factors
+from ._base import FactorizedLayer, _positive_int, check_rank
+
+__all__ = ["SVDDense"]
+
+
+@keras.saving.register_keras_serializable(package="tflowrank")
+class SVDDense(FactorizedLayer):
+    """Dense layer from the truncated SVD of its ``(in, units)`` kernel.
+
+    Computes ``(x @ A) @ B + bias`` on the last axis, like ``keras.layers.Dense``. Weights:
+    ``kernel_in`` ``(in, rank)``, ``kernel_out`` ``(rank, units)``, ``bias`` ``(units,)``.
+
+    ``SVDDense.from_layer(dense, rank)`` builds one from a trained ``keras.layers.Dense``.
+    """
+
+    method = "svd"
+    source_types = ("Dense",)
+    factors = (("kernel_in", 1), ("kernel_out", 0))
+    input_ndim = 2
+
+    def __init__(self, units, rank, activation=None, use_bias=True, **kwargs):
+        super().__init__(rank=rank, activation=activation, use_bias=use_bias, **kwargs)
+        self.units = _positive_int(units, "units")
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+
+    def get_config(self):
+        config = super().get_config()
+        config["units"] = self.units
+        return config
+
+    def build(self, input_shape):
+        features = input_shape[-1]
+        if features is None:
+            raise ValueError(
+                f"Layer {self.name!r} needs a known last dimension. "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+        self._input_channels = int(features)
+        check_rank(self.rank, self.full_rank_of(self, self._input_channels), self.name)
+        self._add_factor(0, (self._input_channels, self.rank))
+        self._add_factor(1, (self.rank, self.units))
+        self._add_bias(self.units)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: self._input_channels})
+
+    def call(self, inputs):
+        return self._finish(ops.matmul(ops.matmul(inputs, self.kernel_in), self.kernel_out))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def dense_kernel(self):
+        return self._numpy(self.kernel_in) @ self._numpy(self.kernel_out)
+
+    def dense_macs(self, input_shape):
+        return _shapes.dense_macs(input_shape, self.units)
+
+    @classmethod
+    def supports(cls, layer):
+        if not isinstance(layer, keras.layers.Dense):
+            return f"{type(layer).__name__} is not a Dense layer"
+        if getattr(layer, "quantization_mode", None):
+            return f"the layer is already quantized (quantization_mode={layer.quantization_mode!r})"
+        if not layer.built:
+            return "the layer is not built (it has no weights yet)"
+        return None
+
+    @classmethod
+    def full_rank_of(cls, layer, input_channels):
+        return min(input_channels, layer.units)
+
+    @classmethod
+    def macs_for(cls, layer, rank, input_shape):
+        return _shapes.dense_macs(input_shape, layer.units, rank=rank)
+
+    @classmethod
+    def _decompose(cls, kernel, rank):
+        result = svd_factors(kernel, rank)
+        return (result.first, result.second), result.relative_error
+
+    @classmethod
+    def _config_from(cls, layer):
+        return {"units": layer.units, **cls._source_common(layer)}
