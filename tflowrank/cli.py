@@ -82,8 +82,8 @@ def _parser():
     p.add_argument("-o", "--output", default="tflowrank-demo", help="folder for the outputs")
     p.add_argument("--method", default="spatial", help="spatial or svd")
     p.add_argument("--fraction", type=float, default=0.4,
-                   help="share of each conv layer's MACs to keep (default 0.4)")
-    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default 1)")
+                   help="share of the model's conv MACs to keep (default 0.4)")
+    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per model")
     p.set_defaults(run=_demo)
     return parser

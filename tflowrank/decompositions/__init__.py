@@ -4,6 +4,8 @@ Nothing here imports Keras or TensorFlow. Kernels use the Keras layout: ``(kh, k
 convolutions and ``(in, out)`` for dense layers.
 """
 
+from .cp import CPFactors, cp_factors
+from .energy import energy_rank
 from .svd import (
     SpatialFactors,
     SVDFactors,
@@ -12,12 +14,32 @@ from .svd import (
     svd_factors,
     truncation_error,
 )
+from .tucker import (
+    TuckerFactors,
+    TuckerSpatialFactors,
+    tucker2_factors,
+    tucker2_rank,
+    tucker2_spatial_factors,
+)
+from .vbmf import VBMFResult, evbmf, vbmf_rank, vbmf_ranks_tucker2
 
 __all__ = [
+    "CPFactors",
     "SVDFactors",
     "SpatialFactors",
+    "TuckerFactors",
+    "TuckerSpatialFactors",
+    "VBMFResult",
+    "cp_factors",
+    "energy_rank",
+    "evbmf",
     "spatial_factors",
     "spatial_unfolding",
     "svd_factors",
     "truncation_error",
+    "tucker2_factors",
+    "tucker2_rank",
+    "tucker2_spatial_factors",
+    "vbmf_rank",
+    "vbmf_ranks_tucker2",
 ]

@@ -1,0 +1,232 @@
+"""CP (CANDECOMP/PARAFAC) factorization of convolution kernels.
+
+Lebedev, Ganin, Rakhuba, Oseledets and Lempitsky 2015, "Speeding-up Convolutional Neural Networks
+Using Fine-tuned CP-Decomposition": the rank-R CP decomposition
+
+    W[i, j, c, o] ~ sum_r A[i, r] B[j, r] C[c, r] D[o, r]
+
+of a ``(kh, kw, cin, cout)`` kernel is the chain 1x1 (cin -> R, C), depthwise kh x 1 (A), depthwise
+1 x kw (B), 1x1 (R -> cout, D).
+
+There is no closed form: the factors come from alternating least squares (CP-ALS; Carroll and Chang
+1970, Harshman 1970; Kolda and Bader 2009, "Tensor Decompositions and Applications", section 3.4),
+made deterministic and stable by
+
+- an SVD initialisation: the leading left singular vectors of each unfolding, padded with random
+  unit columns from ``seed`` where ``rank`` exceeds the mode size (Kolda and Bader 2009);
+- unit-norm columns, the magnitudes kept apart in weights ``lambda`` between updates;
+- a small proximal ridge ``eps * ||X - X_previous||^2`` on each least-squares update (Navasca,
+  De Lathauwer and Kindermann 2008, "Swamp reducing technique for tensor decomposition"): it keeps
+  the normal equations solvable when ``rank`` exceeds what the other modes can span, and unlike a
+  plain ridge it does not move the fixed points, so an exactly rank-R kernel is still reproduced;
+- a line search by extrapolation along the last sweep's step (Bro 1998, "Multi-way Analysis in the
+  Food Industry", PhD thesis), kept only when it lowers the error: it shortens swamps;
+- a stop when the relative error ``e`` changes by less than ``tol * e`` between sweeps (a relative
+  change), or falls below 1e-7. An absolute threshold stops inside swamps, long runs of sweeps
+  that each gain little before the error drops again; a relative one runs on through them until the
+  error has really levelled off.
+
+Each sweep does not increase the error (each update minimises the error plus a proximal term that
+is zero at the previous iterate, and an extrapolation is kept only if it lowers the error). No
+warm start across ranks is needed for the error to fall with the rank in practice: the
+initialisation at rank R is nested in the one at rank R + 1.
+
+At the end the components are sorted by weight and each weight is split evenly, ``lambda ** (1/4)``
+on each of the four factors, so that no layer of the chain carries the whole dynamic range before
+per-channel int8 quantization.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .svd import _check_kernel
+from .tucker import _check_iterations, _fix_signs, _is_int, _leading_vectors, _unfold
+
+__all__ = ["CPFactors", "cp_factors"]
+
+# The error from ||W||^2 - 2 <W, W_hat> + ||W_hat||^2 resolves relative errors down to about
+# sqrt(float64 eps): below this, changes between sweeps are rounding noise.
+_RESOLUTION = 1e-7
+# Proximal ridge, relative to the unit diagonal of the normal equations (the columns are unit-norm).
+_PROXIMAL = 1e-8
+
+
+@dataclass(frozen=True)
+class CPFactors:
+    """CP chain: 1x1 ``pointwise_in``, depthwise ``vertical`` and ``horizontal``, 1x1 ``pointwise_out``.
+
+    Shapes: ``pointwise_in`` (1, 1, cin, R), ``vertical`` (kh, 1, R, 1), ``horizontal`` (1, kw, R, 1),
+    ``pointwise_out`` (1, 1, R, cout). Component r has the same norm ``lambda_r ** (1/4)`` in all four
+    factors, and the components are sorted by ``lambda_r``, largest first.
+
+    The depthwise kernels use the Keras ``DepthwiseConv2D`` layout (kh, kw, channels, depth_multiplier=1).
+    The chain computes the convolution with kernel ``W_hat[i, j, c, o] = sum_r pointwise_in[0, 0, c, r]
+    * vertical[i, 0, r, 0] * horizontal[0, j, r, 0] * pointwise_out[0, 0, r, o]``. ``relative_error``
+    is ``||W - W_hat||_F / ||W||_F`` of the float64 factors; ``n_iter`` counts the ALS sweeps.
+    """
+
+    pointwise_in: np.ndarray
+    vertical: np.ndarray
+    horizontal: np.ndarray
+    pointwise_out: np.ndarray
+    rank: int
+    relative_error: float
+    n_iter: int
+    converged: bool
+
+
+def cp_factors(kernel, rank, n_iter_max=500, tol=1e-6, seed=0):
+    """Rank-``rank`` CP factorization of a ``(kh, kw, cin, cout)`` kernel by CP-ALS (Lebedev et al. 2015).
+
+    ``rank`` may be any positive integer, also above the mode sizes. At most ``n_iter_max`` ALS sweeps,
+    stopped when the relative error ``e`` changes by less than ``tol * e`` (or falls below 1e-7);
+    ``converged`` says whether that happened. ``seed`` fixes the random padding of the SVD
+    initialisation, so equal arguments give equal factors.
+    """
+    kernel = _check_kernel(kernel, ndim=4)
+    if not (_is_int(rank) and rank >= 1):
+        raise ValueError(f"`rank` must be a positive integer. Received: rank={rank!r}")
+    rank = int(rank)
+    _check_iterations(n_iter_max, tol, least=1)
+    if not (_is_int(seed) and seed >= 0):
+        raise ValueError(f"`seed` must be a non-negative integer. Received: seed={seed!r}")
+    kh, kw, cin, cout = kernel.shape
+    w = kernel.astype(np.float64)
+    norm = float(np.linalg.norm(w))
+    w9 = w.reshape(kh * kw, cin, cout)
+    w9t = np.ascontiguousarray(w9.transpose(0, 2, 1))
+    factors = [_initial_factor(w, mode, rank, int(seed)) for mode in range(4)]
+    weights = np.zeros(rank)
+    error, n_iter, converged = 1.0, 0, False
+    power, failures = 2.0, 0
+    while n_iter < n_iter_max and not converged:
+        last = factors, weights
+        factors, weights, new_error = _sweep(w9, w9t, norm, factors, weights)
+        n_iter += 1
+        if n_iter > 2:
+            # Line search by extrapolation (Bro 1998), kept only where it lowers the error.
+            trial = _extrapolated(last, (factors, weights), n_iter ** (1.0 / power))
+            trial_error = _error(w9t, norm, *trial)
+            if trial_error < new_error:
+                (factors, weights), new_error, failures = trial, trial_error, 0
+            else:
+                failures += 1
+                if failures == 4:
+                    power, failures = power + 1.0, 0
+        converged = new_error < _RESOLUTION or abs(error - new_error) < tol * error
+        error = new_error
+    a, b, c, d = factors
+    pointwise_in, vertical, horizontal, pointwise_out = _balanced(weights, (c, a, b, d))
+    spatial = (vertical[:, None, :] * horizontal[None, :, :]).reshape(kh * kw, 1, rank)
+    product = ((pointwise_in * spatial) @ pointwise_out.T).reshape(kh, kw, cin, cout)
+    dtype = kernel.dtype
+    return CPFactors(
+        pointwise_in=pointwise_in[None, None].astype(dtype),
+        vertical=vertical[:, None, :, None].astype(dtype),
+        horizontal=horizontal[None, :, :, None].astype(dtype),
+        pointwise_out=pointwise_out.T[None, None].astype(dtype),
+        rank=rank,
+        relative_error=0.0 if norm == 0.0 else float(np.linalg.norm(w - product) / norm),
+        n_iter=n_iter,
+        converged=converged,
+    )
+
+
+def _initial_factor(w, mode, rank, seed):
+    """Leading left singular vectors of the mode unfolding, padded with seeded random unit columns.
+
+    The padding of each mode has its own generator and is drawn row by row, so the initialisation at
+    rank R is the first R columns of the one at any larger rank.
+    """
+    size = w.shape[mode]
+    leading = _leading_vectors(_unfold(w, mode), min(rank, size))
+    if rank <= size:
+        return leading
+    padding = np.random.default_rng([seed, mode]).standard_normal((rank - size, size)).T
+    return np.concatenate([leading, padding / np.linalg.norm(padding, axis=0)], axis=1)
+
+
+def _sweep(w9, w9t, norm, factors, weights):
+    """One ALS sweep over the modes cin, cout, kh, kw; returns the factors, weights and relative error.
+
+    The two large contractions with W are shared: ``W @ D`` for the cin update, ``W^T @ C`` for the
+    cout update and again, contracted with the new D, for both spatial updates.
+    """
+    a, b, c, d = factors
+    kh, kw, rank = len(a), len(b), len(weights)
+    kr_ab = (a[:, None, :] * b[None, :, :]).reshape(kh * kw, rank)
+    gram_ab = (a.T @ a) * (b.T @ b)
+    mttkrp = np.einsum("kcr,kr->cr", w9 @ d, kr_ab)
+    c, weights = _update(mttkrp, gram_ab * (d.T @ d), c, weights)
+    contracted = w9t @ c  # (kh * kw, cout, R)
+    d, weights = _update(np.einsum("kor,kr->or", contracted, kr_ab), gram_ab * (c.T @ c), d, weights)
+    z = np.einsum("kor,or->kr", contracted, d).reshape(kh, kw, rank)  # W contracted with C and D
+    gram_cd = (c.T @ c) * (d.T @ d)
+    a, weights = _update(np.einsum("ijr,jr->ir", z, b), gram_cd * (b.T @ b), a, weights)
+    mttkrp, gram = np.einsum("ijr,ir->jr", z, a), gram_cd * (a.T @ a)
+    b, weights = _update(mttkrp, gram, b, weights)
+    return [a, b, c, d], weights, _fit_error(norm, mttkrp, gram, b * weights)
+
+
+def _extrapolated(last, current, step):
+    """``current + step * (current - last)`` on the balanced factors, returned as unit factors and weights."""
+    (old, old_weights), (new, new_weights) = last, current
+    moved = [
+        f * new_weights**0.25 + step * (f * new_weights**0.25 - g * old_weights**0.25)
+        for f, g in zip(new, old)
+    ]
+    norms = [np.linalg.norm(m, axis=0) for m in moved]
+    weights = np.prod(norms, axis=0)
+    factors = [np.where(n > 0, m / np.where(n > 0, n, 1.0), f) for m, n, f in zip(moved, norms, new)]
+    return factors, weights
+
+
+def _error(w9t, norm, factors, weights):
+    """Relative error of a CP model, with one contraction of W: ``||W||^2 - 2 <W, W_hat> + ||W_hat||^2``."""
+    if norm == 0.0:
+        return 0.0
+    a, b, c, d = factors
+    kr_ab = (a[:, None, :] * b[None, :, :]).reshape(len(a) * len(b), len(weights))
+    inner = np.einsum("kor,or,kr,r->", w9t @ c, d, kr_ab, weights, optimize=True)
+    gram = (a.T @ a) * (b.T @ b) * (c.T @ c) * (d.T @ d)
+    squared = norm**2 - 2.0 * inner + weights @ gram @ weights
+    return float(np.sqrt(max(squared, 0.0)) / norm)
+
+
+def _update(mttkrp, gram, factor, weights):
+    """One proximal least-squares update of a factor; returns it with unit columns, and the new weights.
+
+    Minimises ``||W_(n) - X K^T||^2 + eps ||X - factor * weights||^2`` where ``gram = K^T K``.
+    """
+    eps = _PROXIMAL * max(float(np.mean(np.diag(gram))), np.finfo(np.float64).tiny)
+    system = gram + eps * np.eye(len(gram))
+    solution = np.linalg.solve(system, (mttkrp + eps * factor * weights).T).T
+    norms = np.linalg.norm(solution, axis=0)
+    live = norms > 0
+    factor = factor.copy()
+    factor[:, live] = solution[:, live] / norms[live]
+    return factor, norms
+
+
+def _fit_error(norm, mttkrp, gram, scaled):
+    """Relative error ``||W - W_hat|| / ||W||`` from the last update's MTTKRP and normal equations.
+
+    ``||W||^2 - 2 <W, W_hat> + ||W_hat||^2`` with ``<W, W_hat> = sum(mttkrp * scaled)`` and
+    ``||W_hat||^2 = sum(gram * scaled^T scaled)``, where ``scaled`` is the last factor times the weights.
+    """
+    if norm == 0.0:
+        return 0.0
+    squared = norm**2 - 2.0 * np.sum(mttkrp * scaled) + np.sum(gram * (scaled.T @ scaled))
+    return float(np.sqrt(max(squared, 0.0)) / norm)
+
+
+def _balanced(weights, factors):
+    """Sort the components by weight and put ``weight ** (1/4)`` on each factor, with canonical signs."""
+    order = np.argsort(-weights, kind="stable")
+    root = weights[order] ** 0.25
+    first, *rest = (factor[:, order] for factor in factors)
+    signed = [_fix_signs(factor) for factor in rest]
+    # Fold every sign flip into the first factor so that the product is unchanged.
+    flips = np.prod([np.sign(np.sum(s * f, axis=0)) for s, f in zip(signed, rest)], axis=0)
+    return [first * flips * root] + [factor * root for factor in signed]
