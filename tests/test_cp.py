@@ -139,7 +139,7 @@ def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match=r"^`tol` must be a finite non-negative number. Received: tol=-1$"):
         cp_factors(kernel, 2, tol=-1)
     with pytest.raises(
-        ValueError, match=r"^`kernel` must have 4 dimensions. Received: kernel.shape=\(4, 4\)$"
+        ValueError, match=r"^`kernel` must be a non-empty array of 4 dimensions. Received: kernel.shape=\(4, 4\)$"
     ):
         cp_factors(kernel[0, 0], 2)
     with pytest.raises(TypeError, match="kernel.dtype=int64"):

@@ -66,7 +66,7 @@ def test_tucker2_ranks_come_from_the_channel_unfoldings():
 
 def test_bad_inputs_are_rejected():
     with pytest.raises(
-        ValueError, match=r"^`matrix` must be a non-empty 2-D array. Received: matrix.shape=\(3,\)$"
+        ValueError, match=r"^`matrix` must be a non-empty array of 2 dimensions. Received: matrix.shape=\(3,\)$"
     ):
         evbmf(np.ones(3))
     with pytest.raises(ValueError, match=r"matrix.shape=\(0, 3\)"):

@@ -132,12 +132,14 @@ def _truncated(matrix, rank):
     return u[:, :rank] * root, s, root[:, None] * vt[:rank]
 
 
-def _check_kernel(kernel, ndim):
+def _check_kernel(kernel, ndim, name="kernel"):
+    """Validate a finite floating-point array of ``ndim`` dimensions named ``name`` in errors."""
     kernel = np.asarray(kernel)
-    if kernel.ndim != ndim:
-        raise ValueError(f"`kernel` must have {ndim} dimensions. Received: kernel.shape={kernel.shape}")
+    if kernel.ndim != ndim or kernel.size == 0:
+        raise ValueError(f"`{name}` must be a non-empty array of {ndim} dimensions. "
+                         f"Received: {name}.shape={kernel.shape}")
     if not np.issubdtype(kernel.dtype, np.floating):
-        raise TypeError(f"`kernel` must be a floating-point array. Received: kernel.dtype={kernel.dtype}")
+        raise TypeError(f"`{name}` must be a floating-point array. Received: {name}.dtype={kernel.dtype}")
     if not np.all(np.isfinite(kernel)):
-        raise ValueError("`kernel` contains NaN or infinite values.")
+        raise ValueError(f"`{name}` contains NaN or infinite values.")
     return kernel

@@ -52,7 +52,7 @@ def evbmf(matrix, sigma2=None):
     ``sigma2`` is the noise variance per entry; None estimates it by minimising the free energy.
     The result does not depend on the orientation: ``evbmf(matrix.T)`` gives the same rank.
     """
-    matrix = _check_matrix(matrix)
+    matrix = _check_kernel(matrix, ndim=2, name="matrix")
     if sigma2 is not None and not (
         isinstance(sigma2, numbers.Real) and not isinstance(sigma2, bool) and 0.0 < sigma2 < np.inf
     ):
@@ -147,13 +147,3 @@ def _estimate_sigma2(gamma, rows, cols, x_):
     log_sigma2 = refined.x if refined.fun < values[best] else grid[best]
     return float(np.exp(log_sigma2))
 
-
-def _check_matrix(matrix):
-    matrix = np.asarray(matrix)
-    if matrix.ndim != 2 or matrix.size == 0:
-        raise ValueError(f"`matrix` must be a non-empty 2-D array. Received: matrix.shape={matrix.shape}")
-    if not np.issubdtype(matrix.dtype, np.floating):
-        raise TypeError(f"`matrix` must be a floating-point array. Received: matrix.dtype={matrix.dtype}")
-    if not np.all(np.isfinite(matrix)):
-        raise ValueError("`matrix` contains NaN or infinite values.")
-    return matrix

@@ -97,6 +97,26 @@ class FactorizedLayer(keras.layers.Layer):
         )
         return config
 
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                f"Layer {self.name!r} needs a known last (channel) dimension. "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+        self._input_channels = int(channels)
+        check_rank(self.rank, self.full_rank_of(self, self._input_channels), self.name)
+        self._build_factors(self._input_channels)
+        self._add_bias(self._units)
+        self.input_spec = keras.layers.InputSpec(
+            min_ndim=self.input_ndim, max_ndim=4 if self.input_ndim == 4 else None,
+            axes={-1: self._input_channels},
+        )
+
+    def _build_factors(self, input_channels):
+        """Create the factor weights (``_add_factor``) for ``input_channels`` inputs."""
+        raise NotImplementedError
+
     # -- what factorize and cost ask -------------------------------------------------------------
     @classmethod
     def supports(cls, layer):
@@ -244,18 +264,9 @@ class FactorizedConv2D(FactorizedLayer):
         )
         return config
 
-    def build(self, input_shape):
-        cin = input_shape[-1]
-        if cin is None:
-            raise ValueError(
-                f"Layer {self.name!r} needs a known number of input channels. "
-                f"Received: input_shape={tuple(input_shape)}"
-            )
-        self._input_channels = int(cin)
-        check_rank(self.rank, self.full_rank_of(self, self._input_channels), self.name)
-        self._build_factors(self._input_channels)
-        self._add_bias(self.filters)
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: self._input_channels})
+    @property
+    def _units(self):
+        return self.filters
 
     def compute_output_shape(self, input_shape):
         h, w = _shapes.conv_output_hw(input_shape[1:3], self.kernel_size, self.strides,

@@ -5,7 +5,7 @@ from keras import ops
 
 from .. import _shapes
 from ..decompositions import svd_factors
-from ._base import FactorizedLayer, _positive_int, check_rank
+from ._base import FactorizedLayer, _positive_int
 
 __all__ = ["SVDDense"]
 
@@ -35,19 +35,13 @@ class SVDDense(FactorizedLayer):
         config["units"] = self.units
         return config
 
-    def build(self, input_shape):
-        features = input_shape[-1]
-        if features is None:
-            raise ValueError(
-                f"Layer {self.name!r} needs a known last dimension. "
-                f"Received: input_shape={tuple(input_shape)}"
-            )
-        self._input_channels = int(features)
-        check_rank(self.rank, self.full_rank_of(self, self._input_channels), self.name)
-        self._add_factor(0, (self._input_channels, self.rank))
+    @property
+    def _units(self):
+        return self.units
+
+    def _build_factors(self, input_channels):
+        self._add_factor(0, (input_channels, self.rank))
         self._add_factor(1, (self.rank, self.units))
-        self._add_bias(self.units)
-        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: self._input_channels})
 
     def call(self, inputs):
         return self._finish(ops.matmul(ops.matmul(inputs, self.kernel_in), self.kernel_out))
