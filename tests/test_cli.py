@@ -39,6 +39,8 @@ def run(*argv):
 def test_parse_rank():
     assert parse_rank("8") == 8 and parse_rank("0.4") == 0.4
     assert parse_rank("c1=4, c2=0.5") == {"c1": 4, "c2": 0.5}
+    assert parse_rank("16x32") == (16, 32) and parse_rank("vbmf") == "vbmf"
+    assert parse_rank("c1=energy:0.9,c2=8x8") == {"c1": "energy:0.9", "c2": (8, 8)}
 
 
 def test_cost(model_file, capsys):
@@ -68,12 +70,13 @@ def test_factorize_export_profile_chain(model_file, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["cost", "missing.keras"], "tflowrank cost: error: Model file 'missing.keras' does not exist."),
     (["factorize", "MODEL", "-o", "OUT/new.keras", "--method", "tucker", "--rank", "2"],
-     "tflowrank factorize: error: Unknown factorization method. Expected one of 'spatial', 'svd'. "
+     "tflowrank factorize: error: Unknown factorization method. Expected one of 'spatial', 'svd', 'tucker2', 'cp', 'tucker2_spatial', 'output'. "
      "Received: method='tucker'"),
     (["factorize", "MODEL", "-o", "OUT/new.keras", "--method", "svd", "--rank", "0"],
      "tflowrank factorize: error: `rank` must be a positive rank. Received: rank=0"),
     (["factorize", "MODEL", "-o", "OUT/new.keras", "--method", "svd", "--rank", "x"],
-     "tflowrank factorize: error: --rank must be an int, a float or name=value pairs; received 'x'."),
+     "tflowrank factorize: error: --rank must be an int, a float, RxR, energy:<share>, vbmf or "
+     "name=value pairs of those; received 'x'."),
     (["factorize", "MODEL", "-o", "OUT/new.keras", "--method", "svd", "--rank", "2", "--layers",
       "nope"], "tflowrank factorize: error: Layer name(s) 'nope' not found in the model."),
     (["factorize", "MODEL", "-o", "OUT/missing/new.keras", "--method", "svd", "--rank", "2"],

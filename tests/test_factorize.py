@@ -171,7 +171,7 @@ def test_compiled_model_stays_compiled():
 
 def test_unknown_method(model):
     with pytest.raises(ValueError, match=re.escape(
-            "Unknown factorization method. Expected one of 'spatial', 'svd'. Received: method='tucker'")):
+            "Unknown factorization method. Expected one of 'spatial', 'svd', 'tucker2', 'cp', 'tucker2_spatial', 'output'. Received: method='tucker'")):
         factorize(model, "tucker", rank=2)
 
 
@@ -180,7 +180,7 @@ def test_unknown_method(model):
     (-3, ValueError, "`rank` must be a positive rank. Received: rank=-3"),
     (1.5, ValueError, "must be in (0, 1]. Received: rank=1.5"),
     (0.0, ValueError, "must be in (0, 1]. Received: rank=0.0"),
-    ("big", TypeError, "Received: rank='big'"),
+    ("big", ValueError, "Received: rank='big'"),
     (True, TypeError, "Received: rank=True"),
     ({}, ValueError, "`rank` is an empty dict"),
     ({"head": 0}, ValueError, "`rank['head']` must be a positive rank. Received: rank['head']=0"),

@@ -54,11 +54,19 @@ def _parser():
     p = sub.add_parser("factorize", help="write a factorized copy of a .keras model")
     p.add_argument("model", help="a .keras file")
     p.add_argument("-o", "--output", required=True, help="the .keras file to write")
-    p.add_argument("--method", required=True, help="spatial or svd")
-    p.add_argument("--rank", required=True,
-                   help="an int rank, a float fraction of MACs to keep in (0, 1], or "
-                        "name=value,name=value per layer")
+    p.add_argument("--method", required=True,
+                   help="spatial, svd, tucker2, cp, tucker2_spatial or output (needs --data)")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--rank",
+                        help="an int rank, RxR (Tucker), a float fraction of MACs to keep in (0, 1], "
+                             "energy:<share>, vbmf, or name=value,name=value per layer")
+    budget.add_argument("--target-macs", type=float, help="fraction of the model's MACs to keep")
+    budget.add_argument("--target-params", type=float,
+                        help="fraction of the model's parameters to keep")
     p.add_argument("--layers", help="comma-separated layer names (default: every eligible layer)")
+    p.add_argument("--multiple-of", type=int, default=1, help="round ranks up to a multiple")
+    p.add_argument("--data", help="calibration inputs for --method output: a .npy or .npz file, "
+                                  "or 'fashion-mnist'")
     p.set_defaults(run=_factorize)
 
     p = sub.add_parser("export", help="convert a .keras model to .tflite")
@@ -105,25 +113,30 @@ def _load(path):
 
 
 def parse_rank(text):
-    """'8' -> 8, '0.4' -> 0.4, 'conv1=8,conv2=0.5' -> {'conv1': 8, 'conv2': 0.5}."""
-    def number(value):
+    """'8' -> 8, '0.4' -> 0.4, '16x32' -> (16, 32), 'energy:0.9' and 'vbmf' as they are,
+    'conv1=8,conv2=0.5' -> {'conv1': 8, 'conv2': 0.5}."""
+    def one(value):
+        if value == "vbmf" or value.startswith("energy:"):
+            return value
         try:
+            if "x" in value:
+                return tuple(int(part) for part in value.split("x"))
             return int(value)
         except ValueError:
             try:
                 return float(value)
             except ValueError:
-                raise _Failure(f"--rank must be an int, a float or name=value pairs; "
-                               f"received {text!r}.") from None
+                raise _Failure(f"--rank must be an int, a float, RxR, energy:<share>, vbmf or "
+                               f"name=value pairs of those; received {text!r}.") from None
 
     if "=" not in text:
-        return number(text)
+        return one(text)
     ranks = {}
     for item in text.split(","):
         name, _, value = item.partition("=")
         if not name.strip() or not value.strip():
             raise _Failure(f"--rank pairs must read name=value; received {item!r}.")
-        ranks[name.strip()] = number(value.strip())
+        ranks[name.strip()] = one(value.strip())
     return ranks
 
 
@@ -145,15 +158,23 @@ def _factorize(args):
         raise _Failure(f"--output must end in .keras; received '{output}'.")
     model = _load(args.model)
     layers = [n.strip() for n in args.layers.split(",")] if args.layers else None
+    data = _calibration(args.data) if args.data else None
+    rank = parse_rank(args.rank) if args.rank is not None else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        new = factorize(model, args.method, parse_rank(args.rank), layers=layers)
+        new = factorize(model, args.method, rank, layers=layers, data=data,
+                        target_macs=args.target_macs, target_params=args.target_params,
+                        multiple_of=args.multiple_of)
     for warning in caught:
         if "tflowrank" in str(warning.message):
             print(f"warning: {warning.message}", file=sys.stderr)
     with atomic_path(output) as tmp:
         new.save(tmp)
-    print(cost(new))
+    before, after = cost(model), cost(new)
+    print(after)
+    print(f"MACs {after.macs / before.macs:.3f} and parameters {after.params / before.params:.3f} "
+          "of the original" + (f" (target_macs {args.target_macs})" if args.target_macs else "")
+          + (f" (target_params {args.target_params})" if args.target_params else ""))
     print(f"wrote {output}")
 
 

@@ -154,12 +154,16 @@ def _fmt_int(value, counted=True):
     return "?" if value is None else f"{value:,}"
 
 
+def _rank_text(rank):
+    return "x".join(map(str, rank)) if isinstance(rank, tuple) else str(rank)
+
+
 def _table(model_cost):
     header = ("layer", "type", "output", "MACs", "share", "params", "rank", "MACs kept", "error")
     rows = []
     for c in model_cost.layers:
         share = f"{100 * c.macs / model_cost.macs:.1f}%" if c.macs and model_cost.macs else "-"
-        rank = f"{c.rank}/{c.full_rank}" if c.rank is not None else "-"
+        rank = f"{_rank_text(c.rank)}/{_rank_text(c.full_rank)}" if c.rank is not None else "-"
         kept = f"{100 * c.macs / c.dense_macs:.1f}%" if c.rank is not None and c.dense_macs else "-"
         error = f"{c.reconstruction_error:.4f}" if c.reconstruction_error is not None else "-"
         output = "x".join("?" if d is None else str(d) for d in c.output_shape)

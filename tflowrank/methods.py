@@ -4,16 +4,31 @@ import keras
 
 __all__ = ["METHOD_NAMES", "factor_class", "method_table"]
 
-METHOD_NAMES = ("spatial", "svd")
+METHOD_NAMES = ("spatial", "svd", "tucker2", "cp", "tucker2_spatial", "output")
 
 
 def method_table(method):
-    """``[(keras layer class, tflowrank layer class), ...]`` for ``method``."""
-    from .layers import SpatialConv2D, SVDConv2D, SVDDense
+    """``[(keras layer class, tflowrank layer class), ...]`` for ``method``.
 
+    ``"output"`` builds ``SVDConv2D`` layers, but from data rather than from the kernel alone.
+    """
+    from .layers import (
+        CPConv2D,
+        SpatialConv2D,
+        SVDConv2D,
+        SVDDense,
+        TuckerConv2D,
+        TuckerSpatialConv2D,
+    )
+
+    conv = keras.layers.Conv2D
     tables = {
-        "spatial": [(keras.layers.Conv2D, SpatialConv2D)],
-        "svd": [(keras.layers.Conv2D, SVDConv2D), (keras.layers.Dense, SVDDense)],
+        "spatial": [(conv, SpatialConv2D)],
+        "svd": [(conv, SVDConv2D), (keras.layers.Dense, SVDDense)],
+        "tucker2": [(conv, TuckerConv2D)],
+        "cp": [(conv, CPConv2D)],
+        "tucker2_spatial": [(conv, TuckerSpatialConv2D)],
+        "output": [(conv, SVDConv2D)],
     }
     if method not in tables:
         raise ValueError(

@@ -6,6 +6,7 @@ convolutions and ``(in, out)`` for dense layers.
 
 from .cp import CPFactors, cp_factors
 from .energy import energy_rank
+from .responses import OutputFactors, ResponseMoments, fitted_spectrum, output_factors
 from .svd import (
     SpatialFactors,
     SVDFactors,
@@ -25,6 +26,8 @@ from .vbmf import VBMFResult, evbmf, vbmf_rank, vbmf_ranks_tucker2
 
 __all__ = [
     "CPFactors",
+    "OutputFactors",
+    "ResponseMoments",
     "SVDFactors",
     "SpatialFactors",
     "TuckerFactors",
@@ -33,6 +36,8 @@ __all__ = [
     "cp_factors",
     "energy_rank",
     "evbmf",
+    "fitted_spectrum",
+    "output_factors",
     "spatial_factors",
     "spatial_unfolding",
     "svd_factors",

@@ -1,8 +1,12 @@
 """tflowrank's factorized Keras layers. Importing this module registers them for ``.keras`` loading."""
 
 from ._base import FactorizedLayer
+from .cp_conv2d import CPConv2D
 from .spatial_conv2d import SpatialConv2D
 from .svd_conv2d import SVDConv2D
 from .svd_dense import SVDDense
+from .tucker_conv2d import TuckerConv2D
+from .tucker_spatial_conv2d import TuckerSpatialConv2D
 
-__all__ = ["FactorizedLayer", "SpatialConv2D", "SVDConv2D", "SVDDense"]
+__all__ = ["CPConv2D", "FactorizedLayer", "SVDConv2D", "SVDDense", "SpatialConv2D", "TuckerConv2D",
+           "TuckerSpatialConv2D"]

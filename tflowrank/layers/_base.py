@@ -7,14 +7,20 @@ ask of it through classmethods that also accept the original Keras layer:
 
 - ``supports(layer)``: why a layer cannot be factorized this way, or None;
 - ``full_rank_of(layer, input_channels)``: the largest meaningful rank;
+- ``rank_candidates(layer, input_channels)``: every rank worth trying, cheapest first;
 - ``macs_for(layer, rank, input_shape)``: multiply-accumulates per sample of the chain at ``rank``;
+- ``spectral_rank(layer, criterion)``: the rank an energy share or VBMF picks for ``layer``;
 - ``from_layer(layer, rank)``: a built factorized layer initialised from the trained weights.
+
+A rank is an int, or a tuple for layers with several ranks (Tucker-2: ``(r_in, r_out)``; Tucker-2
+with a spatially separated core: ``(r_in, r_mid, r_out)``); ``rank_arity`` says which.
 """
 
 import keras
 import numpy as np
 
 from .. import _shapes
+from ..decompositions import energy_rank
 
 __all__ = []
 
@@ -42,9 +48,22 @@ def _positive_int(value, name):
     return int(value)
 
 
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def check_rank(rank, full_rank, layer_name):
-    """Raise the ValueError for a rank outside ``1..full_rank``."""
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= full_rank:
+    """Raise the ValueError for a rank outside ``1..full_rank`` (element-wise for tuples)."""
+    if isinstance(full_rank, tuple):
+        ok = (isinstance(rank, tuple) and len(rank) == len(full_rank)
+              and all(_is_int(r) and 1 <= r <= f for r, f in zip(rank, full_rank)))
+        if not ok:
+            raise ValueError(
+                f"`rank` for layer {layer_name!r} must be a tuple of {len(full_rank)} integers, each "
+                f"between 1 and its full rank {full_rank}. Received: rank={rank!r}"
+            )
+        return tuple(int(r) for r in rank)
+    if not _is_int(rank) or not 1 <= rank <= full_rank:
         raise ValueError(
             f"`rank` for layer {layer_name!r} must be an integer between 1 and its full rank "
             f"{full_rank}. Received: rank={rank!r}"
@@ -62,6 +81,8 @@ class FactorizedLayer(keras.layers.Layer):
     factors = ()
     #: rank of the input tensor the layer is built for (4 for images, 2 for vectors)
     input_ndim = 4
+    #: how many numbers make a rank (1: an int)
+    rank_arity = 1
 
     def __init__(
         self,
@@ -74,7 +95,7 @@ class FactorizedLayer(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.rank = _positive_int(rank, "rank")
+        self.rank = self.normalize_rank(rank)
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -114,10 +135,75 @@ class FactorizedLayer(keras.layers.Layer):
         )
 
     def _build_factors(self, input_channels):
-        """Create the factor weights (``_add_factor``) for ``input_channels`` inputs."""
-        raise NotImplementedError
+        for index, shape in enumerate(self.factor_shapes(self, self.rank, input_channels)):
+            name = self.factors[index][0]
+            setattr(self, name, self.add_weight(name=name, shape=shape,
+                                                initializer=self.kernel_initializer))
 
     # -- what factorize and cost ask -------------------------------------------------------------
+    @classmethod
+    def normalize_rank(cls, rank):
+        """The rank in canonical form: an int, or a tuple of ``rank_arity`` ints.
+
+        An int stands for the same rank in every position of a tuple rank.
+        """
+        if cls.rank_arity == 1:
+            return _positive_int(rank, "rank")
+        if _is_int(rank):
+            rank = (rank,) * cls.rank_arity
+        if (not isinstance(rank, (tuple, list)) or len(rank) != cls.rank_arity
+                or not all(_is_int(r) and r >= 1 for r in rank)):
+            raise ValueError(
+                f"`rank` of a {cls.__name__} must be a positive int or a tuple of {cls.rank_arity} "
+                f"positive ints. Received: rank={rank!r}"
+            )
+        return tuple(int(r) for r in rank)
+
+    @classmethod
+    def rank_candidates(cls, layer, input_channels):
+        """Every rank worth trying, from cheapest to full; tuple ranks grow in proportion."""
+        full = cls.full_rank_of(layer, input_channels)
+        if not isinstance(full, tuple):
+            return list(range(1, full + 1))
+        steps = max(full)
+        ranks = (tuple(max(1, round(f * k / steps)) for f in full) for k in range(1, steps + 1))
+        return list(dict.fromkeys(ranks))
+
+    @classmethod
+    def factor_shapes(cls, layer, rank, input_channels):
+        """Shapes of the factor weights, in ``factors`` order, for ``layer``'s geometry at ``rank``."""
+        raise NotImplementedError
+
+    @classmethod
+    def params_for(cls, layer, rank, input_channels):
+        """Parameters of the chain at ``rank`` (factors and bias)."""
+        shapes = cls.factor_shapes(layer, cls.normalize_rank(rank), input_channels)
+        return sum(int(np.prod(shape)) for shape in shapes) + (
+            cls._units_of(layer) if layer.use_bias else 0)
+
+    @classmethod
+    def spectral_rank(cls, layer, criterion):
+        """The rank ``criterion`` picks for ``layer``: ``("energy", share)`` or ``("vbmf",)``."""
+        if criterion[0] == "energy":
+            return cls.rank_from_energy(cls.energy_spectra(layer), criterion[1])
+        return cls.vbmf_rank(layer)
+
+    @classmethod
+    def energy_spectra(cls, layer):
+        """The singular values of each unfolding of ``layer``'s kernel this method truncates."""
+        raise NotImplementedError
+
+    @classmethod
+    def rank_from_energy(cls, spectra, share):
+        """The rank keeping ``share`` of the energy of each spectrum of ``energy_spectra``."""
+        ranks = tuple(energy_rank(s, share) for s in spectra)
+        return ranks[0] if len(ranks) == 1 else ranks
+
+    @classmethod
+    def vbmf_rank(cls, layer):
+        """The rank EVBMF keeps on the unfolding(s) this method truncates."""
+        raise NotImplementedError
+
     @classmethod
     def supports(cls, layer):
         """Return why ``layer`` cannot be factorized by this class, or None if it can."""
@@ -160,14 +246,30 @@ class FactorizedLayer(keras.layers.Layer):
             raise ValueError(f"Layer {layer.name!r} cannot be factorized by {cls.__name__}: {reason}.")
         kernel = cls._numpy(layer.kernel)
         cin = kernel.shape[-2]
+        try:
+            rank = cls.normalize_rank(rank)
+        except ValueError:
+            pass  # check_rank says what is wrong, with the full rank
         rank = check_rank(rank, cls.full_rank_of(layer, cin), layer.name)
         values, error = cls._decompose(kernel, rank)
-        new = cls(rank=rank, reconstruction_error=error, **cls._config_from(layer))
+        bias = cls._numpy(layer.bias) if layer.use_bias else None
+        return cls.from_factors(layer, rank, values, bias, error)
+
+    @classmethod
+    def from_factors(cls, layer, rank, values, bias, reconstruction_error):
+        """A built layer with ``layer``'s configuration holding the given factor arrays and bias.
+
+        ``values`` are in ``factors`` order; ``bias`` is None when the source has none.
+        """
+        cin = values[0].shape[-2]  # (.., cin, r) for convolutions, (in, r) for dense layers
+        config = cls._config_from(layer)
+        config["use_bias"] = bias is not None
+        new = cls(rank=rank, reconstruction_error=reconstruction_error, **config)
         new.build((None,) * (cls.input_ndim - 1) + (cin,))
         for (name, _), value in zip(cls.factors, values):
             getattr(new, name).assign(value)
-        if layer.use_bias:
-            new.bias.assign(cls._numpy(layer.bias))
+        if bias is not None:
+            new.bias.assign(bias)
         return new
 
     @classmethod
@@ -181,9 +283,13 @@ class FactorizedLayer(keras.layers.Layer):
         raise NotImplementedError
 
     # -- helpers for subclasses ------------------------------------------------------------------
-    def _add_factor(self, index, shape):
-        name = self.factors[index][0]
-        setattr(self, name, self.add_weight(name=name, shape=shape, initializer=self.kernel_initializer))
+    @property
+    def _units(self):
+        return self._units_of(self)
+
+    @classmethod
+    def _units_of(cls, layer):
+        return layer.filters
     def _add_bias(self, units):
         if self.use_bias:
             self.bias = self.add_weight(
@@ -263,10 +369,6 @@ class FactorizedConv2D(FactorizedLayer):
             }
         )
         return config
-
-    @property
-    def _units(self):
-        return self.filters
 
     def compute_output_shape(self, input_shape):
         h, w = _shapes.conv_output_hw(input_shape[1:3], self.kernel_size, self.strides,

@@ -5,7 +5,8 @@ import numpy as np
 from keras import ops
 
 from .. import _shapes
-from ..decompositions import spatial_factors
+from ..decompositions import spatial_factors, spatial_unfolding
+from ..ranks import matrix_rank
 from ._base import FactorizedConv2D
 
 __all__ = ["SpatialConv2D"]
@@ -36,10 +37,10 @@ class SpatialConv2D(FactorizedConv2D):
     method = "spatial"
     factors = (("kernel_vertical", 3), ("kernel_horizontal", 2))
 
-    def _build_factors(self, cin):
-        kh, kw = self.kernel_size
-        self._add_factor(0, (kh, 1, cin, self.rank))
-        self._add_factor(1, (1, kw, self.rank, self.filters))
+    @classmethod
+    def factor_shapes(cls, layer, rank, input_channels):
+        kh, kw = layer.kernel_size
+        return ((kh, 1, input_channels, rank), (1, kw, rank, layer.filters))
 
     def call(self, inputs):
         (sh, sw), (dh, dw) = self.strides, self.dilation_rate
@@ -69,6 +70,15 @@ class SpatialConv2D(FactorizedConv2D):
             return None
         # the vertical step keeps the full input width; the horizontal one produces the output
         return ho * w * kh * cin * rank + ho * wo * kw * rank * layer.filters
+
+    @classmethod
+    def energy_spectra(cls, layer):
+        return (np.linalg.svd(spatial_unfolding(cls._numpy(layer.kernel)).astype(np.float64),
+                              compute_uv=False),)
+
+    @classmethod
+    def vbmf_rank(cls, layer):
+        return matrix_rank(spatial_unfolding(cls._numpy(layer.kernel)), ("vbmf",))
 
     @classmethod
     def _decompose(cls, kernel, rank):

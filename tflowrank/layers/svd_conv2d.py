@@ -6,6 +6,7 @@ from keras import ops
 
 from .. import _shapes
 from ..decompositions import svd_factors
+from ..ranks import matrix_rank
 from ._base import FactorizedConv2D
 
 __all__ = ["SVDConv2D"]
@@ -27,10 +28,10 @@ class SVDConv2D(FactorizedConv2D):
     method = "svd"
     factors = (("kernel_spatial", 3), ("kernel_pointwise", 2))
 
-    def _build_factors(self, cin):
-        kh, kw = self.kernel_size
-        self._add_factor(0, (kh, kw, cin, self.rank))
-        self._add_factor(1, (1, 1, self.rank, self.filters))
+    @classmethod
+    def factor_shapes(cls, layer, rank, input_channels):
+        kh, kw = layer.kernel_size
+        return ((kh, kw, input_channels, rank), (1, 1, rank, layer.filters))
 
     def call(self, inputs):
         x = ops.conv(inputs, self.kernel_spatial, strides=self.strides, padding=self.padding,
@@ -56,6 +57,16 @@ class SVDConv2D(FactorizedConv2D):
         ho, wo = _shapes.conv_output_hw(input_shape[1:3], layer.kernel_size, layer.strides,
                                         layer.dilation_rate, layer.padding)
         return first + ho * wo * rank * layer.filters
+
+    @classmethod
+    def energy_spectra(cls, layer):
+        kernel = cls._numpy(layer.kernel).astype(np.float64)
+        return (np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False),)
+
+    @classmethod
+    def vbmf_rank(cls, layer):
+        kernel = cls._numpy(layer.kernel)
+        return matrix_rank(kernel.reshape(-1, kernel.shape[-1]), ("vbmf",))
 
     @classmethod
     def _decompose(cls, kernel, rank):

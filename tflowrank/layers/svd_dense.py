@@ -1,10 +1,12 @@
 """SVDDense: a dense layer as two dense layers in -> rank -> units."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from .. import _shapes
 from ..decompositions import svd_factors
+from ..ranks import matrix_rank
 from ._base import FactorizedLayer, _positive_int
 
 __all__ = ["SVDDense"]
@@ -35,13 +37,13 @@ class SVDDense(FactorizedLayer):
         config["units"] = self.units
         return config
 
-    @property
-    def _units(self):
-        return self.units
+    @classmethod
+    def _units_of(cls, layer):
+        return layer.units
 
-    def _build_factors(self, input_channels):
-        self._add_factor(0, (input_channels, self.rank))
-        self._add_factor(1, (self.rank, self.units))
+    @classmethod
+    def factor_shapes(cls, layer, rank, input_channels):
+        return ((input_channels, rank), (rank, layer.units))
 
     def call(self, inputs):
         return self._finish(ops.matmul(ops.matmul(inputs, self.kernel_in), self.kernel_out))
@@ -72,6 +74,16 @@ class SVDDense(FactorizedLayer):
     @classmethod
     def macs_for(cls, layer, rank, input_shape):
         return _shapes.dense_macs(input_shape, layer.units, rank=rank)
+
+    @classmethod
+    def energy_spectra(cls, layer):
+        kernel = cls._numpy(layer.kernel).astype(np.float64)
+        return (np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False),)
+
+    @classmethod
+    def vbmf_rank(cls, layer):
+        kernel = cls._numpy(layer.kernel)
+        return matrix_rank(kernel.reshape(-1, kernel.shape[-1]), ("vbmf",))
 
     @classmethod
     def _decompose(cls, kernel, rank):
