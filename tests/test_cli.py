@@ -110,3 +110,24 @@ def test_subprocess_failure_has_no_traceback(tmp_path):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "usage: tflowrank" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_factorize_with_a_target_and_with_data(model_file, tmp_path, capsys):
+    out = tmp_path / "t.keras"
+    assert main(["factorize", str(model_file), "-o", str(out), "--method", "tucker2",
+                 "--target-macs", "0.5", "--layers", "c2"]) == 0
+    text = capsys.readouterr().out
+    assert "TuckerConv2D" in text and "(target_macs 0.5)" in text
+    out = tmp_path / "o.keras"
+    assert main(["factorize", str(model_file), "-o", str(out), "--method", "output",
+                 "--rank", "energy:0.9", "--layers", "c2",
+                 "--data", str(model_file.parent / "calib.npy")]) == 0
+    assert "SVDConv2D" in capsys.readouterr().out and out.is_file()
+
+
+def test_rank_and_target_together_is_a_usage_error(model_file, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["factorize", str(model_file), "-o", str(tmp_path / "x.keras"), "--method", "svd",
+              "--rank", "2", "--target-macs", "0.5"])
+    assert exit_info.value.code == 2
