@@ -103,7 +103,7 @@ def measure(pairs, threads, runs, warmup_runs, repeats):
             order = ("baseline", "factorized") if (repeat + i) % 2 == 0 else ("factorized", "baseline")
             for role in order:
                 (result,) = tflowrank.profile(paths[role], threads=threads, runs=runs,
-                                              warmup_runs=warmup_runs)
+                                              warmup_runs=warmup_runs, benchmark_binary=False)
                 times[i][role].append(result.inference_median_us)
     return times
 

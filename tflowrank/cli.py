@@ -26,18 +26,20 @@ def main(argv=None):
         return EXIT_USAGE
     # the command line is a program of its own: it may quiet TensorFlow's C++ start-up logs
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from .errors import TflowrankError
+    from .errors import TflowrankError, ToolError
 
     try:
-        args.run(args)
+        status = args.run(args)
     except (_Failure, ValueError, TypeError, TflowrankError, OSError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"tflowrank {args.command}: error: {message}", file=sys.stderr)
+        if isinstance(error, ToolError):  # the command that ran and the tail of its output
+            print("\n".join(str(error).splitlines()[1:]), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"tflowrank {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 def _parser():
@@ -78,12 +80,39 @@ def _parser():
     p.add_argument("--int8-io", action="store_true", help="int8 model input and output")
     p.set_defaults(run=_export)
 
-    p = sub.add_parser("profile", help="host latency of .tflite models (first one is the baseline)")
-    p.add_argument("models", nargs="+", help=".tflite files")
+    p = sub.add_parser("profile", help="latency and footprint of .tflite models on a target "
+                                       "(the first model is the baseline)")
+    p.add_argument("models", nargs="+", help=".tflite files; the first is the baseline")
+    p.add_argument("--target", choices=["host", "android", "micro"], default="host",
+                   help="host (default), android (over adb) or micro (TFLite Micro)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup-runs", type=int, default=5)
+    tool = p.add_mutually_exclusive_group()
+    tool.add_argument("--benchmark-binary",
+                      help="the benchmark_model tool: host: optional (else $TFLOWRANK_BENCHMARK_MODEL, "
+                           "then PATH, then LiteRT in process); android: required (the Android build)")
+    tool.add_argument("--in-process", action="store_true",
+                      help="host: always the in-process LiteRT interpreter, even if benchmark_model is found")
+    p.add_argument("--serial", help="android: the device to use (see `adb devices`)")
+    p.add_argument("--xnnpack", action=argparse.BooleanOptionalAction, default=None,
+                   help="force XNNPACK on or off (default: the runtime's default)")
+    p.add_argument("--gpu", action="store_true", help="the GPU delegate (benchmark_model)")
+    p.add_argument("--nnapi", action="store_true", help="android: the NNAPI delegate")
+    p.add_argument("--cpu-mask", help="android: hex CPU affinity mask for taskset, e.g. f0")
+    p.add_argument("--peak-memory", action="store_true",
+                   help="--report_peak_memory_footprint (benchmark_model)")
+    p.add_argument("--op-profiling", action="store_true",
+                   help="per-op and per-node-type times (benchmark_model)")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds one benchmark_model run may take (default 600)")
+    p.add_argument("--flash-budget-kb", type=float, help="micro: flash budget in KiB")
+    p.add_argument("--ram-budget-kb", type=float, help="micro: RAM (tensor arena) budget in KiB")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--csv", help="also write one CSV row per model")
+    p.add_argument("--markdown", help="also write a Markdown report")
+    p.add_argument("--plot", help="also draw a PNG (needs the plot extra: matplotlib)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=_profile)
 
     p = sub.add_parser("demo", help="compress the baseline Fashion-MNIST CNN end to end")
@@ -216,21 +245,38 @@ def _export(args):
 
 
 def _profile(args):
-    import json
-
-    from ._io import atomic_path, output_path
-    from .profiling import format_profiles, profile
+    from ._io import output_path
+    from .profiling import profile
+    from .reports import comparison_table, plot, to_csv, to_json, to_markdown
 
     missing = [m for m in args.models if not Path(m).is_file()]
     if missing:
         raise _Failure(f"Model file '{missing[0]}' does not exist.")
-    json_path = output_path(args.json, "--json") if args.json else None
-    results = profile(args.models, threads=args.threads, runs=args.runs,
-                      warmup_runs=args.warmup_runs)
-    print(format_profiles(results))
-    if json_path:
-        with atomic_path(json_path) as tmp:
-            tmp.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+    writers = {"json": to_json, "csv": to_csv, "markdown": to_markdown, "plot": plot}
+    outputs = {name: output_path(getattr(args, name), f"--{name}")
+               for name in writers if getattr(args, name)}
+    results = profile(
+        args.models, target=args.target, threads=args.threads, runs=args.runs,
+        warmup_runs=args.warmup_runs,
+        benchmark_binary=False if args.in_process else args.benchmark_binary,
+        serial=args.serial, xnnpack=args.xnnpack, gpu=args.gpu, nnapi=args.nnapi,
+        cpu_mask=args.cpu_mask, peak_memory=args.peak_memory, op_profiling=args.op_profiling,
+        timeout=args.timeout, flash_budget_kb=args.flash_budget_kb,
+        ram_budget_kb=args.ram_budget_kb, progress=not args.quiet,
+    )
+    print(comparison_table(results))
+    for r in results:
+        if r.micro is not None and r.micro.problems:
+            print(f"{r.model}: TFLite Micro cannot run it: {'; '.join(r.micro.problems)}")
+    for name, path in outputs.items():
+        writers[name](results, path)
+        print(f"wrote {path}")
+    over = [r.model for r in results
+            if r.micro is not None and False in (r.micro.flash_ok, r.micro.ram_ok)]
+    if over:
+        print(f"tflowrank profile: over budget: {', '.join(over)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _demo(args):

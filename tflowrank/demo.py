@@ -123,12 +123,13 @@ def run_demo(output_dir="tflowrank-demo", method="spatial", conv_macs_fraction=0
                          int8_bytes=int8_export.size_bytes, int8_accuracy=int8_accuracy))
         log(f"{name}: Keras top-1 {keras_accuracy:.4f}, int8 TFLite top-1 {int8_accuracy:.4f}")
 
-    log(f"profile: LiteRT (XNNPACK, 1 thread) on this host, {runs} runs per model")
     paths = [str(e.path) for pair in files for e in pair]
     profiles = {p.model: p for p in profile(paths, threads=1, runs=runs, warmup_runs=5)}
+    log(f"profile: {next(iter(profiles.values())).runner} on this host, 1 thread, {runs} runs "
+        "per model")
     for row, (float_export, int8_export) in zip(rows, files):
-        row["float32_latency_ms"] = profiles[str(float_export.path)].inference_median_us / 1000
-        row["int8_latency_ms"] = profiles[str(int8_export.path)].inference_median_us / 1000
+        row["float32_latency_ms"] = _median_ms(profiles[str(float_export.path)])
+        row["int8_latency_ms"] = _median_ms(profiles[str(int8_export.path)])
     result_rows = tuple(DemoRow(**row) for row in rows)
     table = format_table(result_rows)
     seconds = time.perf_counter() - start
@@ -162,6 +163,12 @@ def _plan(model_cost, conv_macs_fraction):
         raise ValueError(f"`conv_macs_fraction`={conv_macs_fraction} is below the share of the "
                          f"conv MACs in layers too small to factorize ({kept / total:.1%}).")
     return [c.name.split("/")[-1] for c in big], min(fraction, 1.0)
+
+
+def _median_ms(result):
+    """Median latency in ms; the average where the benchmark tool printed no percentiles."""
+    value = result.inference_median_us
+    return (value if value is not None else result.inference_avg_us) / 1000
 
 
 def _keras_accuracy(model, x, y):
