@@ -131,3 +131,16 @@ def test_rank_and_target_together_is_a_usage_error(model_file, tmp_path):
         main(["factorize", str(model_file), "-o", str(tmp_path / "x.keras"), "--method", "svd",
               "--rank", "2", "--target-macs", "0.5"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.slow
+def test_export_with_a_c_array(model_file, tmp_path, capsys):
+    out = tmp_path / "m.tflite"
+    assert main(["export", str(model_file), "-o", str(out), "--data",
+                 str(model_file.parent / "calib.npy"), "--c-array", str(tmp_path / "m.cc"),
+                 "--arena", "4096"]) == 0
+    text = capsys.readouterr().out
+    assert "kTensorArenaSize" in text and (tmp_path / "m.h").is_file()
+    assert main(["export", str(model_file), "-o", str(out), "--quantize", "none",
+                 "--arena", "measure"]) == 2
+    assert "--arena needs --c-array." in capsys.readouterr().err

@@ -19,17 +19,22 @@ _PUBLIC = {
     "evaluate_tflite": "evaluate",
     "profile": "profiling",
     "ProfileResult": "profiling",
+    "MicroDetails": "profiling",
+    "write_c_array": "c_array",
+    "CArrayResult": "c_array",
     "TflowrankError": "errors",
     "ConversionError": "errors",
     "BackendError": "errors",
     "ToolError": "errors",
 }
 
-__all__ = sorted(_PUBLIC) + ["datasets", "layers"]
+_SUBMODULES = ("datasets", "layers", "decompositions", "reports", "micro")
+
+__all__ = sorted(_PUBLIC) + ["datasets", "layers", "reports"]
 
 
 def __getattr__(name):
-    if name in ("datasets", "layers", "decompositions"):
+    if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     if name in _PUBLIC:
         module = importlib.import_module(f"{__name__}.{_PUBLIC[name]}")

@@ -78,6 +78,11 @@ def _parser():
     p.add_argument("--data", help="calibration inputs for int8: a .npy file, a .npz file (its "
                                   "'x' array or first array), or 'fashion-mnist'")
     p.add_argument("--int8-io", action="store_true", help="int8 model input and output")
+    p.add_argument("--c-array", metavar="FILE.cc",
+                   help="also write the model as a C++ array for TFLite Micro (FILE.cc and FILE.h)")
+    p.add_argument("--arena", metavar="measure|BYTES",
+                   help="with --c-array: add kTensorArenaSize, from TFLite Micro ('measure') or an "
+                        "arena total in bytes, plus 10%% rounded up to 16")
     p.set_defaults(run=_export)
 
     p = sub.add_parser("profile", help="latency and footprint of .tflite models on a target "
@@ -231,6 +236,18 @@ def _calibration(spec):
     return data.astype(np.float32)
 
 
+def _arena(text):
+    if text == "measure":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise _Failure(f"--arena must be 'measure' or a positive number of bytes; received {text!r}.")
+    return value
+
+
 def _export(args):
     from .export import export_tflite
 
@@ -238,10 +255,23 @@ def _export(args):
     if quantize == "int8" and not args.data:
         raise _Failure("--quantize int8 needs calibration inputs: pass --data FILE.npy "
                        "(or --data fashion-mnist), or choose --quantize dynamic.")
+    if args.arena is not None and not args.c_array:
+        raise _Failure("--arena needs --c-array.")
+    arena = _arena(args.arena) if args.arena is not None else None
+    if args.c_array and Path(args.c_array).suffix not in (".cc", ".cpp", ".cxx"):
+        raise _Failure(f"--c-array must end in .cc, .cpp or .cxx; received '{args.c_array}'.")
     model = _load(args.model)
     data = _calibration(args.data) if args.data else None
-    print(export_tflite(model, args.output, quantize=quantize, representative_data=data,
-                        int8_io=args.int8_io))
+    result = export_tflite(model, args.output, quantize=quantize, representative_data=data,
+                           int8_io=args.int8_io)
+    print(result)
+    if args.c_array:
+        from .c_array import write_c_array
+
+        written = write_c_array(result.path, args.c_array, arena_bytes=arena)
+        note = (f", kTensorArenaSize = {written.tensor_arena_size} ({written.arena_bytes} bytes + 10%)"
+                if written.tensor_arena_size else "")
+        print(f"wrote {written.path} and {written.header_path} ({written.size_bytes} bytes{note})")
 
 
 def _profile(args):
