@@ -277,3 +277,20 @@ def test_depthwise_is_never_factorized_and_said_once():
     messages = [str(w.message) for w in record if "left" in str(w.message)]
     assert len(messages) == 1 and messages[0].count("depthwise convolutions are never factorized") == 1
     assert "dw1, dw2" in messages[0]
+
+
+def test_pointwise_convs_are_left_to_svd_unless_named():
+    inputs = keras.Input((8, 8, 16))
+    x = keras.layers.Conv2D(32, 1, name="pw")(inputs)
+    x = keras.layers.Conv2D(32, 3, name="k3")(x)
+    model = keras.Model(inputs, x)
+    with pytest.warns(UserWarning, match=r"pw: a 1 x 1 convolution has no spatial extent for "
+                                         r"method 'tucker2': use method='svd' for it"):
+        new = factorize(model, "tucker2", rank=0.3)
+    assert type(new.get_layer("pw")) is keras.layers.Conv2D
+    assert isinstance(new.get_layer("k3"), TuckerConv2D)
+    assert isinstance(factorize(model, "svd", rank=0.3).get_layer("pw"), SVDConv2D)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        named = factorize(model, "tucker2", rank=4, layers=["pw"])
+    assert isinstance(named.get_layer("pw"), TuckerConv2D)

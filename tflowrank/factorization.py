@@ -200,6 +200,11 @@ def _eligible(candidates, explicit, rank, table, method, model, times_called):
                       "a nested model")
         else:
             reason = target.supports(layer)
+        if (not reason and not explicit and getattr(target, "needs_spatial_extent", False)
+                and tuple(layer.kernel_size) == (1, 1)):
+            skipped.append((call.path, f"a 1 x 1 convolution has no spatial extent for method "
+                                       f"{method!r}: use method='svd' for it"))
+            continue
         if reason:
             if explicit:
                 raise ValueError(f"Layer {layer.name!r} cannot be factorized with method={method!r}: "
@@ -318,9 +323,12 @@ def _warn(skipped):
     by_reason = {}
     for path, why in skipped:
         by_reason.setdefault(why, []).append(path)
+    def names(paths):
+        return ", ".join(paths[:6]) + (f" (+{len(paths) - 6} more)" if len(paths) > 6 else "")
+
     warnings.warn(
         f"tflowrank.factorize left {len(skipped)} layer(s) as they are: "
-        + "; ".join(f"{', '.join(paths)}: {why}" for why, paths in by_reason.items()),
+        + "; ".join(f"{names(paths)}: {why}" for why, paths in by_reason.items()),
         stacklevel=3,
     )
 

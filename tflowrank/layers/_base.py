@@ -326,6 +326,9 @@ class FactorizedConv2D(FactorizedLayer):
     """Base of the factorized 2-D convolutions: the convolution configuration and its checks."""
 
     source_types = ("Conv2D",)
+    #: whether the method is meant for kernels larger than 1 x 1 (it reproduces a 1 x 1 too, but
+    #: only with more ops than ``SVDConv2D``): ``factorize`` skips 1 x 1 kernels it was not named
+    needs_spatial_extent = True
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ class SVDConv2D(FactorizedConv2D):
 
     method = "svd"
     factors = (("kernel_spatial", 3), ("kernel_pointwise", 2))
+    needs_spatial_extent = False
 
     @classmethod
     def factor_shapes(cls, layer, rank, input_channels):
