@@ -144,3 +144,12 @@ def test_bad_arguments_are_rejected():
         cp_factors(kernel[0, 0], 2)
     with pytest.raises(TypeError, match="kernel.dtype=int64"):
         cp_factors(np.ones((1, 1, 2, 2), dtype=np.int64), 1)
+
+
+def test_the_layer_spends_a_bounded_number_of_sweeps_per_layer():
+    from tflowrank.layers import CPConv2D
+
+    small, large = CPConv2D.sweeps((3, 3, 32, 64), 59), CPConv2D.sweeps((3, 3, 512, 512), 1145)
+    assert small == CPConv2D.MAX_SWEEPS == 500 and large == CPConv2D.MIN_SWEEPS
+    sizes = [CPConv2D.sweeps((3, 3, c, c), c) for c in (32, 64, 128, 256, 512)]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) > 2

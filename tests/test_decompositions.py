@@ -106,3 +106,26 @@ def test_bad_kernels_are_rejected():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         svd_factors(bad, 1)
+
+
+@pytest.mark.parametrize("rows, cols", [(600, 520), (520, 700)])
+def test_large_unfoldings_from_the_gram_matrix_match_the_svd(rows, cols):
+    """Both sides >= 512: the factors come from the Gram matrix's eigenvectors, still Eckart-Young."""
+    rng = np.random.default_rng(3)
+    # a decaying spectrum with an exact zero tail: rank 400 of min(rows, cols) = 520
+    matrix = (rng.normal(size=(rows, 400)) * np.geomspace(1, 1e-3, 400)) @ rng.normal(size=(400, cols))
+    singular = np.linalg.svd(matrix, compute_uv=False)
+    for rank in (1, 57, 400, 520):
+        f = svd_factors(matrix, rank)
+        product = f.first.astype(np.float64) @ f.second
+        direct = np.linalg.norm(matrix - product) / np.linalg.norm(matrix)
+        discarded = np.sqrt(np.sum(singular[rank:] ** 2) / np.sum(singular**2))
+        np.testing.assert_allclose(f.singular_values[:400], singular[:400], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose([direct, f.relative_error], discarded, atol=1e-6)
+        # balanced: row r of second and column r of first have the same norm, sqrt(s_r)
+        kept = min(rank, 400)
+        np.testing.assert_allclose(np.linalg.norm(f.first[:, :kept], axis=0),
+                                   np.sqrt(singular[:kept]), rtol=1e-4)
+        np.testing.assert_allclose(np.linalg.norm(f.second[:kept], axis=1),
+                                   np.sqrt(singular[:kept]), rtol=1e-4)
+        assert np.all(np.isfinite(f.first)) and np.all(np.isfinite(f.second))

@@ -174,3 +174,11 @@ def test_bad_kernels_are_rejected():
     bad[0, 0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="NaN or infinite"):
         tucker2_factors(bad, 1)
+
+
+def test_hooi_stops_on_a_relative_gain_close_to_its_limit():
+    kernel = np.random.default_rng(4).normal(size=(3, 3, 48, 40))
+    stopped = tucker2_factors(kernel, (12, 10))
+    limit = tucker2_factors(kernel, (12, 10), n_iter_max=300, tol=0.0)
+    assert stopped.converged and 1 <= stopped.n_iter < limit.n_iter
+    assert limit.relative_error <= stopped.relative_error < limit.relative_error * (1 + 2e-3)

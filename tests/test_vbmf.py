@@ -32,7 +32,9 @@ def test_rank_and_noise_variance_are_recovered_at_a_clear_snr(rows, cols, rank):
 def test_orientation_does_not_matter(rows, cols, rank, seed):
     matrix = _low_rank_plus_noise(rows, cols, min(rank, rows, cols), sigma=0.3, seed=seed)
     a, b = evbmf(matrix), evbmf(matrix.T)
-    assert a.rank == b.rank and a.sigma2 == pytest.approx(b.sigma2, rel=1e-9)
+    # The noise variance comes from a bounded scalar search on a free energy that is flat at its
+    # minimum: the two orientations agree to the search's tolerance (worst seen 3e-7), not to 1e-9.
+    assert a.rank == b.rank and a.sigma2 == pytest.approx(b.sigma2, rel=1e-5)
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])

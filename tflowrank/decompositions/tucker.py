@@ -83,11 +83,15 @@ def tucker2_rank(rank, cin, cout):
     return int(pair[0]), int(pair[1])
 
 
-def tucker2_factors(kernel, rank, n_iter_max=100, tol=1e-7):
+def tucker2_factors(kernel, rank, n_iter_max=100, tol=1e-4):
     """Tucker-2 factorization of a ``(kh, kw, cin, cout)`` kernel on its channel modes (Kim et al. 2016).
 
     HOSVD initialisation, then at most ``n_iter_max`` HOOI sweeps (de Lathauwer et al. 2000), stopped
-    when the relative error changes by less than ``tol``; ``n_iter_max=0`` gives the truncated HOSVD.
+    when a sweep lowers the relative error ``e`` by less than ``tol * e`` (or ``e`` is below 1e-7);
+    ``n_iter_max=0`` gives the truncated HOSVD. HOOI gains most in its first sweeps (on trained
+    kernels the error is within 1e-4 of its limit after 5 to 10); on kernels with a flat spectrum,
+    random ones for instance, it creeps on for hundreds of sweeps, each as costly as the HOSVD, for
+    gains of 1e-5: the relative stop is what keeps a VGG16 within seconds.
     ``rank`` is an int (both modes) or a pair ``(r_in, r_out)``. At ``rank=(cin, cout)`` the
     factorization is exact.
     """
@@ -109,7 +113,7 @@ def tucker2_factors(kernel, rank, n_iter_max=100, tol=1e-7):
         u_out = _leading_vectors(_unfold(projected, 2), r_out)
         previous, error = error, _pythagoras_error(u_out.T @ projected, norm)
         n_iter += 1
-        converged = abs(previous - error) < tol
+        converged = error < _RESOLUTION or previous - error < tol * previous
     u_in, u_out = _fix_signs(u_in), _fix_signs(u_out)
     core = _project(w, u_in, u_out)
     product = u_in @ core @ u_out.T
@@ -124,7 +128,7 @@ def tucker2_factors(kernel, rank, n_iter_max=100, tol=1e-7):
     )
 
 
-def tucker2_spatial_factors(kernel, rank, spatial_rank=None, n_iter_max=100, tol=1e-7):
+def tucker2_spatial_factors(kernel, rank, spatial_rank=None, n_iter_max=100, tol=1e-4):
     """Tucker-2 (Kim et al. 2016) whose core is then split spatially (Jaderberg et al. 2014, scheme 2).
 
     The chain is 1x1 (cin -> r_in), kh x 1 (r_in -> s), 1 x kw (s -> r_out), 1x1 (r_out -> cout),
@@ -158,6 +162,9 @@ def tucker2_spatial_factors(kernel, rank, spatial_rank=None, n_iter_max=100, tol
         spatial_rank=int(spatial_rank),
         relative_error=_relative_error(w, product, np.linalg.norm(w)),
     )
+
+
+_RESOLUTION = 1e-7  # a relative error below this is exact in float32: nothing left to improve
 
 
 def _unfold(w, mode):
