@@ -14,6 +14,7 @@ _PUBLIC = {
     "ModelCost": "costs",
     "LayerCost": "costs",
     "factorize": "factorization",
+    "finalize": "finalization",
     "export_tflite": "export",
     "ExportResult": "export",
     "evaluate_tflite": "evaluate",
@@ -28,9 +29,9 @@ _PUBLIC = {
     "ToolError": "errors",
 }
 
-_SUBMODULES = ("datasets", "layers", "decompositions", "reports", "micro")
+_SUBMODULES = ("datasets", "layers", "decompositions", "reports", "micro", "callbacks")
 
-__all__ = sorted(_PUBLIC) + ["datasets", "layers", "reports"]
+__all__ = sorted(_PUBLIC) + ["callbacks", "datasets", "layers", "reports"]
 
 
 def __getattr__(name):

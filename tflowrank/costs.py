@@ -63,16 +63,27 @@ def cost(model):
     from . import graph
 
     graph.check_model(model)
-    rows = []
+    from .layers import FactorizedLayer
+
+    rows, adjust, seen = [], 0, set()
     for call in graph.layer_calls(model):
         layer = call.layer
         macs = layer_macs(layer, call.input_shapes, call.output_shapes)
         params = layer.count_params() if layer.built else 0
+        if isinstance(layer, FactorizedLayer) and layer.built:
+            # the parameters of the chain at its active rank (what `finalize` keeps): not the
+            # rank bookkeeping, nor factor slices masked off by a RankScheduler
+            counted = layer.params_for(layer, layer.active_rank, call.input_shape[-1])
+            if id(layer) not in seen:
+                adjust += counted - params
+                seen.add(id(layer))
+            params = counted
         if macs is None and params == 0 and not _counted(layer):
             continue
         rows.append(_row(call, macs, params))
     total = sum(r.macs for r in rows if r.macs is not None)
-    return ModelCost(name=model.name, layers=tuple(rows), macs=total, params=model.count_params())
+    return ModelCost(name=model.name, layers=tuple(rows), macs=total,
+                     params=model.count_params() + adjust)
 
 
 def _conv_bases():
@@ -103,7 +114,7 @@ def _row(call, macs, params):
     extra = {}
     if isinstance(layer, FactorizedLayer):
         extra = {
-            "rank": layer.rank,
+            "rank": layer.active_rank,
             "full_rank": layer.full_rank,
             "dense_macs": layer.dense_macs(call.input_shape),
             "reconstruction_error": layer.reconstruction_error,

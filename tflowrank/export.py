@@ -129,8 +129,10 @@ def export_tflite(model, path, quantize="int8", representative_data=None, int8_i
 
 
 def _prepare(model):
-    """Return the model to convert. A later step finalizes rank masks / QAT layers here."""
-    return model
+    """Return the model to convert: factorized layers sliced to their active ranks."""
+    from .finalization import finalize
+
+    return finalize(model)
 
 
 def _input_spec(model, keras, tf):

@@ -79,6 +79,13 @@ class FactorizedLayer(keras.layers.Layer):
     source_types = ()
     #: (weight name, axis of the rank) of each factor, in chain order
     factors = ()
+    #: per rank component (one for an int rank), the (factor, axis) whose slices beyond the active
+    #: rank are masked: zeroing them zeroes the whole component, so the masked chain computes
+    #: exactly what the chain sliced to the active rank would
+    rank_axes = ()
+    #: per rank component, every (factor, axis) indexed by it: what slicing to a rank cuts, and
+    #: the slices whose norms make a component's size for LowRankRegularizer
+    rank_groups = ()
     #: rank of the input tensor the layer is built for (4 for images, 2 for vectors)
     input_ndim = 4
     #: how many numbers make a rank (1: an int)
@@ -129,6 +136,13 @@ class FactorizedLayer(keras.layers.Layer):
         check_rank(self.rank, self.full_rank_of(self, self._input_channels), self.name)
         self._build_factors(self._input_channels)
         self._add_bias(self._units)
+        # The rank the chain runs at, at most ``rank`` (the allocated one): RankScheduler lowers it
+        # during fit without rebuilding the graph; ``tflowrank.finalize`` slices the factors to it.
+        ranks = self.rank if isinstance(self.rank, tuple) else (self.rank,)
+        self._active = self.add_weight(
+            name="active_rank", shape=(len(ranks),), dtype="int32", trainable=False,
+            initializer=keras.initializers.Constant(list(ranks)),
+        )
         self.input_spec = keras.layers.InputSpec(
             min_ndim=self.input_ndim, max_ndim=4 if self.input_ndim == 4 else None,
             axes={-1: self._input_channels},
@@ -139,6 +153,77 @@ class FactorizedLayer(keras.layers.Layer):
             name = self.factors[index][0]
             setattr(self, name, self.add_weight(name=name, shape=shape,
                                                 initializer=self.kernel_initializer))
+
+    # -- the active rank ---------------------------------------------------------------------------
+    @property
+    def active_rank(self):
+        """The rank the chain computes at (an int or a tuple like ``rank``), at most ``rank``."""
+        if not self.built:
+            return self.rank
+        values = tuple(int(v) for v in np.asarray(self._active.numpy()))
+        return values if isinstance(self.rank, tuple) else values[0]
+
+    def set_active_rank(self, rank):
+        """Run the chain at ``rank`` (between 1 and the allocated ``rank``, element-wise).
+
+        Only the mask changes: no graph is rebuilt, so this works during ``fit``.
+        """
+        allocated = self.rank if isinstance(self.rank, tuple) else (self.rank,)
+        rank = self.normalize_rank(rank) if not _is_int(rank) or len(allocated) > 1 else int(rank)
+        values = rank if isinstance(rank, tuple) else (rank,)
+        if len(values) != len(allocated) or not all(1 <= v <= a for v, a in zip(values, allocated)):
+            raise ValueError(f"`rank` for layer {self.name!r} must be between 1 and the allocated rank "
+                             f"{self.rank} in each position. Received: rank={rank!r}")
+        self._active.assign(np.asarray(values, dtype="int32"))
+
+    def sliced(self):
+        """A new built layer computing this chain at its active rank with factors of that size.
+
+        The factor slices beyond the active rank are dropped (they are masked off, so the output
+        is the same); the configuration, the bias and ``_carry_state`` (quantization ranges) are
+        carried over. This layer is not modified.
+        """
+        active, allocated = self.active_rank, self.rank
+        actives = active if isinstance(active, tuple) else (active,)
+        allocs = allocated if isinstance(allocated, tuple) else (allocated,)
+        values = []
+        for name, _ in self.factors:
+            value = self._numpy(getattr(self, name))
+            index = [slice(None)] * value.ndim
+            for component, groups in enumerate(self.rank_groups):
+                for factor, axis in groups:
+                    if factor == name and actives[component] < allocs[component]:
+                        index[axis] = slice(0, actives[component])
+            values.append(value[tuple(index)])
+        bias = self._numpy(self.bias) if self.bias is not None else None
+        new = self.from_factors(self, active, values, bias, self.reconstruction_error)
+        new._carry_state(self)
+        return new
+
+    def _carry_state(self, source):
+        """Copy training state other than weights from ``source`` (a layer of the same chain)."""
+
+    def _factor(self, name):
+        """The factor weight ``name`` as the chain uses it: masked to the active rank, and passed
+        through the weight quantizer when quantization-aware training set one."""
+        weight = getattr(self, name)
+        for index, (factor, axis) in enumerate(self.rank_axes):
+            if factor == name:
+                size = weight.shape[axis]
+                keep = keras.ops.cast(keras.ops.arange(size) < self._active[index], weight.dtype)
+                shape = [1] * len(weight.shape)
+                shape[axis] = size
+                weight = weight * keras.ops.reshape(keep, shape)
+        quantizers = getattr(self, "_weight_quantizers", None)
+        if quantizers:
+            weight = quantizers[name](weight)
+        return weight
+
+    def _between(self, x, step):
+        """An intermediate tensor of the chain after ``step`` (0 for the first factor's output):
+        passed through the activation quantizer when quantization-aware training set one."""
+        quantizers = getattr(self, "_between_quantizers", None)
+        return quantizers[step](x) if quantizers else x
 
     # -- what factorize and cost ask -------------------------------------------------------------
     @classmethod
@@ -224,8 +309,9 @@ class FactorizedLayer(keras.layers.Layer):
         return self.full_rank_of(self, self._input_channels)
 
     def macs(self, input_shape):
-        """Multiply-accumulates per sample of this layer's chain for ``input_shape`` (batch first)."""
-        return self.macs_for(self, self.rank, input_shape)
+        """Multiply-accumulates per sample of this layer's chain at its active rank for
+        ``input_shape`` (batch first): what the finalized layer costs."""
+        return self.macs_for(self, self.active_rank, input_shape)
 
     def dense_macs(self, input_shape):
         """Multiply-accumulates per sample of the unfactorized layer this one approximates."""

@@ -43,6 +43,9 @@ class CPConv2D(FactorizedConv2D):
     method = "cp"
     factors = (("kernel_pointwise_in", 3), ("kernel_vertical", 2), ("kernel_horizontal", 2),
                ("kernel_pointwise_out", 2))
+    rank_axes = (("kernel_pointwise_in", 3),)
+    rank_groups = ((("kernel_pointwise_in", 3), ("kernel_vertical", 2), ("kernel_horizontal", 2),
+                    ("kernel_pointwise_out", 2)),)
 
     @classmethod
     def factor_shapes(cls, layer, rank, input_channels):
@@ -52,12 +55,14 @@ class CPConv2D(FactorizedConv2D):
 
     def call(self, inputs):
         (sh, sw), (dh, dw) = self.strides, self.dilation_rate
-        x = ops.conv(inputs, self.kernel_pointwise_in, strides=1, padding="valid")
+        x = ops.conv(inputs, self._factor("kernel_pointwise_in"), strides=1, padding="valid")
+        x = self._between(x, 0)
+        vertical, horizontal = self._factor("kernel_vertical"), self._factor("kernel_horizontal")
         if (sh, sw) == (1, 1):  # each step pads its own dimension: the k x k geometry exactly
-            x = ops.depthwise_conv(x, self.kernel_vertical, strides=1, padding=self.padding,
+            x = ops.depthwise_conv(x, vertical, strides=1, padding=self.padding,
                                    dilation_rate=(dh, 1))
-            x = ops.depthwise_conv(x, self.kernel_horizontal, strides=1, padding=self.padding,
-                                   dilation_rate=(1, dw))
+            x = ops.depthwise_conv(self._between(x, 1), horizontal, strides=1,
+                                   padding=self.padding, dilation_rate=(1, dw))
         else:
             # TensorFlow's depthwise kernels take equal row and column strides only: pad as the
             # k x k convolution would (the 1 x 1 before has no bias, so zeros stay zeros), run the
@@ -66,13 +71,14 @@ class CPConv2D(FactorizedConv2D):
                 (top, bottom), (left, right) = _same_pads(ops.shape(x)[1:3], self.kernel_size,
                                                           self.strides)
                 x = ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
-            x = ops.depthwise_conv(x, self.kernel_vertical, strides=1, padding="valid")
+            x = self._between(ops.depthwise_conv(x, vertical, strides=1, padding="valid"), 1)
             if sh == sw:
-                x = ops.depthwise_conv(x, self.kernel_horizontal, strides=sh, padding="valid")
+                x = ops.depthwise_conv(x, horizontal, strides=sh, padding="valid")
             else:
-                x = ops.depthwise_conv(x, self.kernel_horizontal, strides=1, padding="valid")
+                x = ops.depthwise_conv(x, horizontal, strides=1, padding="valid")
                 x = x[:, ::sh, ::sw, :]
-        x = ops.conv(x, self.kernel_pointwise_out, strides=1, padding="valid")
+        x = ops.conv(self._between(x, 2), self._factor("kernel_pointwise_out"), strides=1,
+                     padding="valid")
         return self._finish(x)
 
     def dense_kernel(self):

@@ -36,6 +36,8 @@ class SpatialConv2D(FactorizedConv2D):
 
     method = "spatial"
     factors = (("kernel_vertical", 3), ("kernel_horizontal", 2))
+    rank_axes = (("kernel_vertical", 3),)
+    rank_groups = ((("kernel_vertical", 3), ("kernel_horizontal", 2)),)
 
     @classmethod
     def factor_shapes(cls, layer, rank, input_channels):
@@ -44,9 +46,9 @@ class SpatialConv2D(FactorizedConv2D):
 
     def call(self, inputs):
         (sh, sw), (dh, dw) = self.strides, self.dilation_rate
-        x = ops.conv(inputs, self.kernel_vertical, strides=(sh, 1), padding=self.padding,
+        x = ops.conv(inputs, self._factor("kernel_vertical"), strides=(sh, 1), padding=self.padding,
                      dilation_rate=(dh, 1))
-        x = ops.conv(x, self.kernel_horizontal, strides=(1, sw), padding=self.padding,
+        x = ops.conv(self._between(x, 0), self._factor("kernel_horizontal"), strides=(1, sw), padding=self.padding,
                      dilation_rate=(1, dw))
         return self._finish(x)
 

@@ -27,6 +27,8 @@ class SVDConv2D(FactorizedConv2D):
 
     method = "svd"
     factors = (("kernel_spatial", 3), ("kernel_pointwise", 2))
+    rank_axes = (("kernel_spatial", 3),)
+    rank_groups = ((("kernel_spatial", 3), ("kernel_pointwise", 2)),)
     needs_spatial_extent = False
 
     @classmethod
@@ -35,9 +37,9 @@ class SVDConv2D(FactorizedConv2D):
         return ((kh, kw, input_channels, rank), (1, 1, rank, layer.filters))
 
     def call(self, inputs):
-        x = ops.conv(inputs, self.kernel_spatial, strides=self.strides, padding=self.padding,
+        x = ops.conv(inputs, self._factor("kernel_spatial"), strides=self.strides, padding=self.padding,
                      dilation_rate=self.dilation_rate)
-        x = ops.conv(x, self.kernel_pointwise, strides=1, padding="valid")
+        x = ops.conv(self._between(x, 0), self._factor("kernel_pointwise"), strides=1, padding="valid")
         return self._finish(x)
 
     def dense_kernel(self):

@@ -25,6 +25,8 @@ class SVDDense(FactorizedLayer):
     method = "svd"
     source_types = ("Dense",)
     factors = (("kernel_in", 1), ("kernel_out", 0))
+    rank_axes = (("kernel_in", 1),)
+    rank_groups = ((("kernel_in", 1), ("kernel_out", 0)),)
     input_ndim = 2
 
     def __init__(self, units, rank, activation=None, use_bias=True, **kwargs):
@@ -46,7 +48,8 @@ class SVDDense(FactorizedLayer):
         return ((input_channels, rank), (rank, layer.units))
 
     def call(self, inputs):
-        return self._finish(ops.matmul(ops.matmul(inputs, self.kernel_in), self.kernel_out))
+        hidden = self._between(ops.matmul(inputs, self._factor("kernel_in")), 0)
+        return self._finish(ops.matmul(hidden, self._factor("kernel_out")))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)

@@ -34,6 +34,8 @@ class TuckerConv2D(FactorizedConv2D):
     method = "tucker2"
     rank_arity = 2
     factors = (("kernel_first", 3), ("kernel_core", 2), ("kernel_last", 2))
+    rank_axes = (("kernel_first", 3), ("kernel_last", 2))
+    rank_groups = ((("kernel_first", 3), ("kernel_core", 2)), (("kernel_core", 3), ("kernel_last", 2)))
 
     @classmethod
     def factor_shapes(cls, layer, rank, input_channels):
@@ -41,10 +43,10 @@ class TuckerConv2D(FactorizedConv2D):
         return ((1, 1, input_channels, r_in), (kh, kw, r_in, r_out), (1, 1, r_out, layer.filters))
 
     def call(self, inputs):
-        x = ops.conv(inputs, self.kernel_first, strides=1, padding="valid")
-        x = ops.conv(x, self.kernel_core, strides=self.strides, padding=self.padding,
+        x = ops.conv(inputs, self._factor("kernel_first"), strides=1, padding="valid")
+        x = ops.conv(self._between(x, 0), self._factor("kernel_core"), strides=self.strides, padding=self.padding,
                      dilation_rate=self.dilation_rate)
-        x = ops.conv(x, self.kernel_last, strides=1, padding="valid")
+        x = ops.conv(self._between(x, 1), self._factor("kernel_last"), strides=1, padding="valid")
         return self._finish(x)
 
     def dense_kernel(self):

@@ -31,6 +31,10 @@ class TuckerSpatialConv2D(FactorizedConv2D):
     rank_arity = 3
     factors = (("kernel_first", 3), ("kernel_vertical", 3), ("kernel_horizontal", 2),
                ("kernel_last", 2))
+    rank_axes = (("kernel_first", 3), ("kernel_vertical", 3), ("kernel_last", 2))
+    rank_groups = ((("kernel_first", 3), ("kernel_vertical", 2)),
+                   (("kernel_vertical", 3), ("kernel_horizontal", 2)),
+                   (("kernel_horizontal", 3), ("kernel_last", 2)))
 
     @classmethod
     def normalize_rank(cls, rank):
@@ -46,12 +50,12 @@ class TuckerSpatialConv2D(FactorizedConv2D):
 
     def call(self, inputs):
         (sh, sw), (dh, dw) = self.strides, self.dilation_rate
-        x = ops.conv(inputs, self.kernel_first, strides=1, padding="valid")
-        x = ops.conv(x, self.kernel_vertical, strides=(sh, 1), padding=self.padding,
+        x = ops.conv(inputs, self._factor("kernel_first"), strides=1, padding="valid")
+        x = ops.conv(self._between(x, 0), self._factor("kernel_vertical"), strides=(sh, 1), padding=self.padding,
                      dilation_rate=(dh, 1))
-        x = ops.conv(x, self.kernel_horizontal, strides=(1, sw), padding=self.padding,
+        x = ops.conv(self._between(x, 1), self._factor("kernel_horizontal"), strides=(1, sw), padding=self.padding,
                      dilation_rate=(1, dw))
-        x = ops.conv(x, self.kernel_last, strides=1, padding="valid")
+        x = ops.conv(self._between(x, 2), self._factor("kernel_last"), strides=1, padding="valid")
         return self._finish(x)
 
     def dense_kernel(self):
