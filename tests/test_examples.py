@@ -57,3 +57,19 @@ def test_micro_budget_runs(tmp_path):
     assert small["flash_bytes"] < 100 * 1024 and small["fits"]
     assert report["best"] == "spatial 0.3"
     assert "most accurate that fits: spatial 0.3" in stdout
+
+
+@pytest.mark.slow
+def test_tfmot_interop_runs(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tf_keras") is None or importlib.util.find_spec(
+            "tensorflow_model_optimization") is None:
+        pytest.skip("needs the tfmot extra: pip install 'tflowrank[tfmot]'")
+    stdout = run("tfmot_interop.py", "--train-samples", "256", "--test-samples", "200",
+                 "--output", tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["macs"] < 0.5 * report["baseline_macs"]
+    assert report["int8_accuracy"] > 0.3 and report["test_samples"] == 200  # 10 classes: chance 0.1
+    assert (tmp_path / "qat_int8.tflite").stat().st_size == report["tflite_bytes"]
+    assert "QAT int8 TFLite accuracy" in stdout

@@ -67,20 +67,20 @@ def cost(model):
 
     rows, adjust, seen = [], 0, set()
     for call in graph.layer_calls(model):
-        layer = call.layer
+        layer = graph.unwrapped(call.layer)
         macs = layer_macs(layer, call.input_shapes, call.output_shapes)
         params = layer.count_params() if layer.built else 0
         if isinstance(layer, FactorizedLayer) and layer.built:
             # the parameters of the chain at its active rank (what `finalize` keeps): not the
             # rank bookkeeping, nor factor slices masked off by a RankScheduler
             counted = layer.params_for(layer, layer.active_rank, call.input_shape[-1])
-            if id(layer) not in seen:
-                adjust += counted - params
+            if id(layer) not in seen:  # model.count_params() counts every weight of the layer
+                adjust += counted - sum(math.prod(w.shape) for w in layer.weights)
                 seen.add(id(layer))
             params = counted
         if macs is None and params == 0 and not _counted(layer):
             continue
-        rows.append(_row(call, macs, params))
+        rows.append(_row(call, layer, macs, params))
     total = sum(r.macs for r in rows if r.macs is not None)
     return ModelCost(name=model.name, layers=tuple(rows), macs=total,
                      params=model.count_params() + adjust)
@@ -106,10 +106,9 @@ def _counted(layer):
     return isinstance(layer, (*_conv_bases(), keras.layers.Dense, FactorizedLayer))
 
 
-def _row(call, macs, params):
+def _row(call, layer, macs, params):
     from .layers import FactorizedLayer
 
-    layer = call.layer
     out = call.output_shape if len(call.output_shapes) == 1 else call.output_shapes[0]
     extra = {}
     if isinstance(layer, FactorizedLayer):

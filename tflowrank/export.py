@@ -4,6 +4,7 @@ import collections
 import functools
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,8 @@ def export_tflite(model, path, quantize="int8", representative_data=None, int8_i
         model: a built Keras model (Functional or Sequential). It is not modified.
         path: output file; its folder must exist. Written atomically.
         quantize: ``"int8"`` (full integer: int8 weights and activations, int32 biases,
-            per-channel weights; needs ``representative_data``), ``"dynamic"`` (int8 weights,
+            per-channel weights; needs ``representative_data``, except for a model made by
+            ``tflowrank.quantize_aware``, whose trained ranges are used), ``"dynamic"`` (int8 weights,
             float activations), ``"float16"`` (float16 weights) or ``None`` (float32).
         representative_data: calibration inputs for ``"int8"``: a NumPy array
             ``(N, *input_shape[1:])``, a ``tf.data.Dataset`` (batched or not; ``(x, y)``
@@ -84,7 +86,13 @@ def export_tflite(model, path, quantize="int8", representative_data=None, int8_i
             "`int8_io=True` needs quantize='int8'. "
             f"Received: int8_io={int8_io!r}, quantize={quantize!r}"
         )
-    if quantize == "int8" and representative_data is None:
+    qat = _is_quantize_aware(model)
+    if qat and representative_data is not None:
+        warnings.warn(
+            "`representative_data` is not used for a quantize_aware model: its activation ranges "
+            "come from quantization-aware training.", UserWarning, stacklevel=2)
+        representative_data = None
+    if quantize == "int8" and representative_data is None and not qat:
         raise ValueError(
             "quantize='int8' needs calibration data to choose activation ranges. Pass "
             "representative_data= a few hundred training inputs (a NumPy array of shape "
@@ -95,7 +103,7 @@ def export_tflite(model, path, quantize="int8", representative_data=None, int8_i
     spec = _input_spec(model, keras, tf)
     model = _prepare(model)
     samples = None
-    if quantize == "int8":
+    if quantize == "int8" and not qat:
         samples = _calibration_samples(
             representative_data, tuple(spec.shape[1:]), spec.dtype.as_numpy_dtype, tf
         )
@@ -129,10 +137,22 @@ def export_tflite(model, path, quantize="int8", representative_data=None, int8_i
 
 
 def _prepare(model):
-    """Return the model to convert: factorized layers sliced to their active ranks."""
+    """Return the model to convert: factorized layers sliced to their active ranks; for a
+    quantize_aware model, a copy that fake-quantizes with its frozen ranges."""
     from .finalization import finalize
+    from .qat import prepare_export
 
-    return finalize(model)
+    model = finalize(model)
+    return prepare_export(model) or model
+
+
+def _is_quantize_aware(model):
+    """Whether ``model`` holds quantize_aware layers (only then is tflowrank.quantizers loaded)."""
+    import sys
+
+    quantizers = sys.modules.get("tflowrank.quantizers")
+    return bool(quantizers and hasattr(model, "_flatten_layers")
+                and quantizers.quantizer_layers(model))
 
 
 def _input_spec(model, keras, tf):
@@ -159,8 +179,12 @@ def _configure(converter, tf, quantize, samples, int8_io):
     if quantize in ("int8", "dynamic"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "int8":
-        converter.representative_dataset = lambda: ([sample] for sample in samples)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # a quantize_aware model (samples None) carries its ranges in its FakeQuant ops; the
+        # converter refuses TFLITE_BUILTINS_INT8 without calibration data, so it is not set and
+        # the fully-int8 check after conversion enforces the same thing
+        if samples is not None:
+            converter.representative_dataset = lambda: ([sample] for sample in samples)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8

@@ -6,6 +6,7 @@ chosen layers are replaced and every other layer is a fresh copy holding a copy 
 so the input model and its layers are never touched or shared.
 """
 
+import sys
 from dataclasses import dataclass
 
 import keras
@@ -91,6 +92,14 @@ def layer_calls(model, _prefix=""):
                 )
             )
     return calls
+
+
+def unwrapped(layer):
+    """The layer a ``tflowrank.quantize_aware`` wrapper computes with, or ``layer`` itself."""
+    quantizers = sys.modules.get("tflowrank.quantizers")  # loaded iff a QAT model exists
+    if quantizers is not None and isinstance(layer, quantizers.QuantizedLayer):
+        return layer.layer
+    return layer
 
 
 def rewrite(model, replacements):

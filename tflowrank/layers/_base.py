@@ -16,6 +16,8 @@ A rank is an int, or a tuple for layers with several ranks (Tucker-2: ``(r_in, r
 with a spatially separated core: ``(r_in, r_mid, r_out)``); ``rank_arity`` says which.
 """
 
+import dataclasses
+
 import keras
 import numpy as np
 
@@ -154,6 +156,11 @@ class FactorizedLayer(keras.layers.Layer):
             setattr(self, name, self.add_weight(name=name, shape=shape,
                                                 initializer=self.kernel_initializer))
 
+    def count_params(self):
+        """Factor and bias parameters, without the active-rank bookkeeping (a few int32 counters)."""
+        total = super().count_params()
+        return total - int(np.prod(self._active.shape)) if self.built else total
+
     # -- the active rank ---------------------------------------------------------------------------
     @property
     def active_rank(self):
@@ -200,12 +207,71 @@ class FactorizedLayer(keras.layers.Layer):
         new._carry_state(self)
         return new
 
+    def to_dense(self):
+        """A built plain Keras layer (``Conv2D`` or ``Dense``) computing what this chain computes
+        at its active rank: the layer the chain approximates, as far as its weights say."""
+        common = {"activation": keras.activations.serialize(self.activation),
+                  "use_bias": self.use_bias, "name": self.name, "dtype": self.dtype_policy}
+        if self.input_ndim == 2:
+            dense = keras.layers.Dense(self._units, **common)
+        else:
+            dense = keras.layers.Conv2D(self.filters, self.kernel_size, strides=self.strides,
+                                        padding=self.padding, dilation_rate=self.dilation_rate,
+                                        **common)
+        dense.build((None,) * (self.input_ndim - 1) + (self._input_channels,))
+        dense.kernel.assign(self.dense_kernel())
+        if self.use_bias:
+            dense.bias.assign(self._numpy(self.bias))
+        return dense
+
+    def steps(self, input_shape=None):
+        """The chain at its active rank as plain steps (``tflowrank.interop.Step``), in order.
+
+        Each step is one plain convolution, depthwise convolution, matmul, zero padding or strided
+        slice holding NumPy weights; the last carries the bias and the activation. The steps
+        compute exactly what ``call`` does (tested); ``tflowrank.interop`` rebuilds them as plain
+        (tf_keras) layers. ``input_shape`` (batch first) is needed only where the geometry depends
+        on the input size (a strided ``CPConv2D`` with "same" padding).
+        """
+        if not self.built:
+            raise ValueError(f"Layer {self.name!r} is not built yet: it has no steps.")
+        layer = self if self.active_rank == self.rank else self.sliced()
+        *body, last = layer._steps(input_shape)
+        bias = self._numpy(layer.bias) if layer.bias is not None else None
+        activation = keras.activations.serialize(self.activation)
+        return [*body, dataclasses.replace(last, bias=bias, activation=activation)]
+
+    def _steps(self, input_shape):
+        """The chain's steps without bias and activation (see ``steps``), at the allocated rank."""
+        raise NotImplementedError
+
+    def feasible_rank(self, rank):
+        """``rank`` made consistent for this layer (some positions bound others); by default as is."""
+        return rank
+
     def _carry_state(self, source):
-        """Copy training state other than weights from ``source`` (a layer of the same chain)."""
+        """Copy training state other than weights from ``source`` (a layer of the same chain).
+
+        The quantization hooks set by ``tflowrank.quantize_aware`` are carried over: they hold no
+        per-rank state (weight ranges are per output channel of each factor, read from the weight
+        itself; intermediate ranges are per tensor), so the sliced chain is quantized alike.
+        """
+        for hook in ("_weight_quantizers", "_between_quantizers"):
+            value = getattr(source, hook, None)
+            if value:
+                setattr(self, hook, dict(value) if isinstance(value, dict) else list(value))
 
     def _factor(self, name):
         """The factor weight ``name`` as the chain uses it: masked to the active rank, and passed
         through the weight quantizer when quantization-aware training set one."""
+        weight = self._masked(name)
+        quantizers = getattr(self, "_weight_quantizers", None)
+        if quantizers:
+            weight = quantizers[name](weight)
+        return weight
+
+    def _masked(self, name):
+        """The factor weight ``name`` with the slices beyond the active rank zeroed."""
         weight = getattr(self, name)
         for index, (factor, axis) in enumerate(self.rank_axes):
             if factor == name:
@@ -214,10 +280,21 @@ class FactorizedLayer(keras.layers.Layer):
                 shape = [1] * len(weight.shape)
                 shape[axis] = size
                 weight = weight * keras.ops.reshape(keep, shape)
-        quantizers = getattr(self, "_weight_quantizers", None)
-        if quantizers:
-            weight = quantizers[name](weight)
         return weight
+
+    def _active_numpy(self, name):
+        """The factor ``name`` as a NumPy array, zero beyond the active rank (as the chain uses it)."""
+        value = self._numpy(getattr(self, name))
+        if not self.built:
+            return value
+        active = self.active_rank if isinstance(self.rank, tuple) else (self.active_rank,)
+        for index, (factor, axis) in enumerate(self.rank_axes):
+            if factor == name and active[index] < value.shape[axis]:
+                value = value.copy()
+                index_ = [slice(None)] * value.ndim
+                index_[axis] = slice(active[index], None)
+                value[tuple(index_)] = 0
+        return value
 
     def _between(self, x, step):
         """An intermediate tensor of the chain after ``step`` (0 for the first factor's output):

@@ -6,6 +6,7 @@ from keras import ops
 
 from .. import _shapes
 from ..decompositions import cp_factors, energy_rank, vbmf_ranks_tucker2
+from ..interop import Step
 from ._base import FactorizedConv2D
 from .tucker_conv2d import channel_spectra
 
@@ -81,11 +82,38 @@ class CPConv2D(FactorizedConv2D):
                      padding="valid")
         return self._finish(x)
 
+    def _steps(self, input_shape):
+        (sh, sw), (dh, dw) = self.strides, self.dilation_rate
+        vertical, horizontal = self._numpy(self.kernel_vertical), self._numpy(self.kernel_horizontal)
+        if (sh, sw) == (1, 1):
+            middle = [Step("depthwise", "vertical", vertical, padding=self.padding, dilation=(dh, 1)),
+                      Step("depthwise", "horizontal", horizontal, padding=self.padding,
+                           dilation=(1, dw))]
+        else:  # as in call: explicit padding, dense vertical step, the stride on the horizontal one
+            middle = []
+            if self.padding == "same":
+                size = tuple(input_shape[1:3]) if input_shape is not None else (None, None)
+                if not all(isinstance(n, int) for n in size):
+                    raise ValueError(
+                        f"Layer {self.name!r} (strided, 'same' padding) pads by an amount that "
+                        "depends on the input height and width: `input_shape` must give them. "
+                        f"Received: input_shape={input_shape!r}")
+                middle.append(Step("pad", "pad", pads=tuple(_same_pads(size, self.kernel_size,
+                                                                       self.strides))))
+            middle.append(Step("depthwise", "vertical", vertical))
+            if sh == sw:
+                middle.append(Step("depthwise", "horizontal", horizontal, strides=(sh, sw)))
+            else:
+                middle += [Step("depthwise", "horizontal", horizontal),
+                           Step("slice", "slice", strides=(sh, sw))]
+        return [Step("conv", "pointwise_in", self._numpy(self.kernel_pointwise_in)), *middle,
+                Step("conv", "pointwise_out", self._numpy(self.kernel_pointwise_out))]
+
     def dense_kernel(self):
-        return np.einsum("cr,ir,jr,ro->ijco", self._numpy(self.kernel_pointwise_in)[0, 0],
-                         self._numpy(self.kernel_vertical)[:, 0, :, 0],
-                         self._numpy(self.kernel_horizontal)[0, :, :, 0],
-                         self._numpy(self.kernel_pointwise_out)[0, 0])
+        return np.einsum("cr,ir,jr,ro->ijco", self._active_numpy("kernel_pointwise_in")[0, 0],
+                         self._active_numpy("kernel_vertical")[:, 0, :, 0],
+                         self._active_numpy("kernel_horizontal")[0, :, :, 0],
+                         self._active_numpy("kernel_pointwise_out")[0, 0])
 
     @classmethod
     def full_rank_of(cls, layer, input_channels):

@@ -6,6 +6,7 @@ from keras import ops
 
 from .. import _shapes
 from ..decompositions import spatial_factors, spatial_unfolding
+from ..interop import Step
 from ..ranks import matrix_rank
 from ._base import FactorizedConv2D
 
@@ -48,13 +49,20 @@ class SpatialConv2D(FactorizedConv2D):
         (sh, sw), (dh, dw) = self.strides, self.dilation_rate
         x = ops.conv(inputs, self._factor("kernel_vertical"), strides=(sh, 1), padding=self.padding,
                      dilation_rate=(dh, 1))
-        x = ops.conv(self._between(x, 0), self._factor("kernel_horizontal"), strides=(1, sw), padding=self.padding,
-                     dilation_rate=(1, dw))
+        x = ops.conv(self._between(x, 0), self._factor("kernel_horizontal"), strides=(1, sw),
+                     padding=self.padding, dilation_rate=(1, dw))
         return self._finish(x)
 
+    def _steps(self, input_shape):
+        (sh, sw), (dh, dw) = self.strides, self.dilation_rate
+        return [Step("conv", "vertical", self._numpy(self.kernel_vertical), strides=(sh, 1),
+                     padding=self.padding, dilation=(dh, 1)),
+                Step("conv", "horizontal", self._numpy(self.kernel_horizontal), strides=(1, sw),
+                     padding=self.padding, dilation=(1, dw))]
+
     def dense_kernel(self):
-        vertical = self._numpy(self.kernel_vertical)[:, 0]  # (kh, cin, r)
-        horizontal = self._numpy(self.kernel_horizontal)[0]  # (kw, r, cout)
+        vertical = self._active_numpy("kernel_vertical")[:, 0]  # (kh, cin, r)
+        horizontal = self._active_numpy("kernel_horizontal")[0]  # (kw, r, cout)
         return np.einsum("icr,jro->ijco", vertical, horizontal)
 
     @classmethod

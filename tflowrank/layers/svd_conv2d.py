@@ -6,6 +6,7 @@ from keras import ops
 
 from .. import _shapes
 from ..decompositions import svd_factors
+from ..interop import Step
 from ..ranks import matrix_rank
 from ._base import FactorizedConv2D
 
@@ -42,9 +43,14 @@ class SVDConv2D(FactorizedConv2D):
         x = ops.conv(self._between(x, 0), self._factor("kernel_pointwise"), strides=1, padding="valid")
         return self._finish(x)
 
+    def _steps(self, input_shape):
+        return [Step("conv", "spatial", self._numpy(self.kernel_spatial), strides=self.strides,
+                     padding=self.padding, dilation=self.dilation_rate),
+                Step("conv", "pointwise", self._numpy(self.kernel_pointwise))]
+
     def dense_kernel(self):
-        return np.einsum("ijcr,ro->ijco", self._numpy(self.kernel_spatial),
-                         self._numpy(self.kernel_pointwise)[0, 0])
+        return np.einsum("ijcr,ro->ijco", self._active_numpy("kernel_spatial"),
+                         self._active_numpy("kernel_pointwise")[0, 0])
 
     @classmethod
     def full_rank_of(cls, layer, input_channels):

@@ -6,6 +6,7 @@ from keras import ops
 
 from .. import _shapes
 from ..decompositions import svd_factors
+from ..interop import Step
 from ..ranks import matrix_rank
 from ._base import FactorizedLayer, _positive_int
 
@@ -54,8 +55,12 @@ class SVDDense(FactorizedLayer):
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
 
+    def _steps(self, input_shape):
+        return [Step("dense", "in", self._numpy(self.kernel_in)),
+                Step("dense", "out", self._numpy(self.kernel_out))]
+
     def dense_kernel(self):
-        return self._numpy(self.kernel_in) @ self._numpy(self.kernel_out)
+        return self._active_numpy("kernel_in") @ self._active_numpy("kernel_out")
 
     def dense_macs(self, input_shape):
         return _shapes.dense_macs(input_shape, self.units)

@@ -6,6 +6,7 @@ from keras import ops
 
 from .. import _shapes
 from ..decompositions import tucker2_factors, vbmf_ranks_tucker2
+from ..interop import Step
 from ._base import FactorizedConv2D
 
 __all__ = ["TuckerConv2D", "channel_spectra"]
@@ -44,14 +45,20 @@ class TuckerConv2D(FactorizedConv2D):
 
     def call(self, inputs):
         x = ops.conv(inputs, self._factor("kernel_first"), strides=1, padding="valid")
-        x = ops.conv(self._between(x, 0), self._factor("kernel_core"), strides=self.strides, padding=self.padding,
-                     dilation_rate=self.dilation_rate)
+        x = ops.conv(self._between(x, 0), self._factor("kernel_core"), strides=self.strides,
+                     padding=self.padding, dilation_rate=self.dilation_rate)
         x = ops.conv(self._between(x, 1), self._factor("kernel_last"), strides=1, padding="valid")
         return self._finish(x)
 
+    def _steps(self, input_shape):
+        return [Step("conv", "first", self._numpy(self.kernel_first)),
+                Step("conv", "core", self._numpy(self.kernel_core), strides=self.strides,
+                     padding=self.padding, dilation=self.dilation_rate),
+                Step("conv", "last", self._numpy(self.kernel_last))]
+
     def dense_kernel(self):
-        return np.einsum("ca,ijab,bo->ijco", self._numpy(self.kernel_first)[0, 0],
-                         self._numpy(self.kernel_core), self._numpy(self.kernel_last)[0, 0])
+        return np.einsum("ca,ijab,bo->ijco", self._active_numpy("kernel_first")[0, 0],
+                         self._active_numpy("kernel_core"), self._active_numpy("kernel_last")[0, 0])
 
     @classmethod
     def full_rank_of(cls, layer, input_channels):

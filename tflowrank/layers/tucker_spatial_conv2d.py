@@ -6,6 +6,7 @@ from keras import ops
 
 from .. import _shapes
 from ..decompositions import energy_rank, tucker2_spatial_factors, vbmf_ranks_tucker2
+from ..interop import Step
 from ._base import FactorizedConv2D
 from .tucker_conv2d import channel_spectra
 
@@ -51,18 +52,32 @@ class TuckerSpatialConv2D(FactorizedConv2D):
     def call(self, inputs):
         (sh, sw), (dh, dw) = self.strides, self.dilation_rate
         x = ops.conv(inputs, self._factor("kernel_first"), strides=1, padding="valid")
-        x = ops.conv(self._between(x, 0), self._factor("kernel_vertical"), strides=(sh, 1), padding=self.padding,
-                     dilation_rate=(dh, 1))
-        x = ops.conv(self._between(x, 1), self._factor("kernel_horizontal"), strides=(1, sw), padding=self.padding,
-                     dilation_rate=(1, dw))
+        x = ops.conv(self._between(x, 0), self._factor("kernel_vertical"), strides=(sh, 1),
+                     padding=self.padding, dilation_rate=(dh, 1))
+        x = ops.conv(self._between(x, 1), self._factor("kernel_horizontal"), strides=(1, sw),
+                     padding=self.padding, dilation_rate=(1, dw))
         x = ops.conv(self._between(x, 2), self._factor("kernel_last"), strides=1, padding="valid")
         return self._finish(x)
 
+    def feasible_rank(self, rank):
+        r_in, r_mid, r_out = rank
+        kh, kw = self.kernel_size
+        return (r_in, min(r_mid, kh * r_in, kw * r_out), r_out)
+
+    def _steps(self, input_shape):
+        (sh, sw), (dh, dw) = self.strides, self.dilation_rate
+        return [Step("conv", "first", self._numpy(self.kernel_first)),
+                Step("conv", "vertical", self._numpy(self.kernel_vertical), strides=(sh, 1),
+                     padding=self.padding, dilation=(dh, 1)),
+                Step("conv", "horizontal", self._numpy(self.kernel_horizontal), strides=(1, sw),
+                     padding=self.padding, dilation=(1, dw)),
+                Step("conv", "last", self._numpy(self.kernel_last))]
+
     def dense_kernel(self):
-        return np.einsum("ca,iam,jmb,bo->ijco", self._numpy(self.kernel_first)[0, 0],
-                         self._numpy(self.kernel_vertical)[:, 0],
-                         self._numpy(self.kernel_horizontal)[0],
-                         self._numpy(self.kernel_last)[0, 0])
+        return np.einsum("ca,iam,jmb,bo->ijco", self._active_numpy("kernel_first")[0, 0],
+                         self._active_numpy("kernel_vertical")[:, 0],
+                         self._active_numpy("kernel_horizontal")[0],
+                         self._active_numpy("kernel_last")[0, 0])
 
     @classmethod
     def full_rank_of(cls, layer, input_channels):

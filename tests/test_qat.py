@@ -1,0 +1,288 @@
+"""Quantization-aware training: quantize_aware, the QuantizeAware callback, int8 export parity."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import tflowrank  # noqa: E402
+from tflowrank import qat, quantizers, zoo  # noqa: E402
+from tflowrank.callbacks import QuantizeAware  # noqa: E402
+from tflowrank.layers import CPConv2D, SVDConv2D, SVDDense  # noqa: E402
+
+
+def _flags(model):
+    return {float(layer.quantize_enabled.numpy()) for layer in quantizers.quantizer_layers(model)}
+
+
+def _set_flags(model, value):
+    for layer in quantizers.quantizer_layers(model):
+        layer.quantize_enabled.assign(value)
+
+
+def _tflite_logits(path, x):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    rows = []
+    for sample in x:
+        interpreter.set_tensor(inp["index"], sample[None].astype(np.float32))
+        interpreter.invoke()
+        rows.append(interpreter.get_tensor(out["index"])[0])
+    return np.stack(rows)
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    model = zoo.load_fashion_cnn()
+    if model is None:
+        pytest.skip("the shipped Fashion-MNIST CNN is not installed")
+    (x_train, y_train), (x_test, y_test) = tflowrank.datasets.fashion_mnist(verbose=False)
+    return (model, zoo.prepare_images(x_train[:3200]), y_train[:3200],
+            zoo.prepare_images(x_test[:1000]), y_test[:1000])
+
+
+def test_batch_norm_folding_matches_the_float_model(fashion):
+    model, _, _, x_test, _ = fashion
+    qat_model = tflowrank.quantize_aware(model)
+    names = [layer.name for layer in qat_model.layers]
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in qat_model.layers)
+    assert "conv1" in names and "bn1" not in names and "relu1_quant" in names
+    assert "conv1_quant" not in names  # the ReLU is fused: one range, after it
+    _set_flags(qat_model, 0.0)
+    np.testing.assert_allclose(qat_model.predict(x_test[:64], verbose=0),
+                               model.predict(x_test[:64], verbose=0), atol=2e-4, rtol=1e-4)
+
+
+def test_fold_batch_norm_math():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(5, 3)).astype(np.float32)
+    mean, var, gamma, beta, bias = (rng.normal(size=3) for _ in range(5))
+    var = np.abs(var)
+    scale, new_bias = qat.fold_batch_norm(mean, var, gamma, beta, 1e-3, bias)
+    expected = gamma * ((y + bias) - mean) / np.sqrt(var + 1e-3) + beta
+    np.testing.assert_allclose(y * scale + new_bias, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_qat_export_matches_the_qat_model(fashion, tmp_path):
+    model, x_train, y_train, x_test, y_test = fashion
+    before = [w.copy() for w in model.get_weights()]
+    qat_model = tflowrank.quantize_aware(model)
+    zoo.compile_classifier(qat_model, learning_rate=1e-4)
+    qat_model.fit(x_train, y_train, batch_size=64, epochs=1, verbose=0,
+                  callbacks=[QuantizeAware(start_epoch=0)])
+    for old, new in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)  # the input model is untouched
+
+    result = tflowrank.export_tflite(qat_model, tmp_path / "qat.tflite")  # no calibration data
+    assert result.ops["CONV_2D"] == 4 and "MUL" not in result.ops  # BN folded, nothing in float
+    tflite = _tflite_logits(result.path, x_test).argmax(1)
+    keras_pred = qat_model.predict(x_test, batch_size=500, verbose=0).argmax(1)
+    agreement = float(np.mean(tflite == keras_pred))
+    gap = abs(float(np.mean(tflite == y_test)) - float(np.mean(keras_pred == y_test)))
+    assert agreement >= 0.995, agreement
+    assert gap <= 0.002 + 1e-9, gap
+
+
+def _tiny_factorized(tmp_path=None):
+    rng = np.random.default_rng(1)
+    inputs = keras.Input((12, 12, 3), name="x")
+    conv = keras.layers.Conv2D(8, 3, padding="same", name="conv")
+    svd = keras.layers.Conv2D(12, 3, padding="same", name="svd")
+    cp = keras.layers.Conv2D(12, 3, padding="same", name="cp")
+    dense = keras.layers.Dense(6, name="dense")
+    x = keras.layers.ReLU(name="r0")(conv(inputs))
+    x = svd(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    y = keras.layers.ReLU(max_value=6.0, name="r1")(x)
+    x = keras.layers.Add(name="add")([cp(y), y])
+    x = keras.layers.ReLU(name="r2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = dense(x)
+    model = keras.Model(inputs, outputs)
+    bn = model.get_layer("bn")
+    bn.set_weights([rng.uniform(0.5, 2, 12), rng.normal(size=12), rng.normal(size=12),
+                    rng.uniform(0.5, 2, 12)])
+    replacements = {id(svd): SVDConv2D.from_layer(svd, 6), id(cp): CPConv2D.from_layer(cp, 8),
+                    id(dense): SVDDense.from_layer(dense, 4)}
+    from tflowrank import graph
+
+    return graph.rewrite(model, replacements), rng.uniform(0, 1, (64, 12, 12, 3)).astype("float32")
+
+
+def test_factorized_chains_are_quantized_and_export_sliced(tmp_path):
+    model, x = _tiny_factorized()
+    model.get_layer("svd").set_active_rank(4)  # export slices it, ranges carried over
+    qat_model = tflowrank.quantize_aware(model)
+    cp = qat_model.get_layer("cp")
+    assert isinstance(cp, quantizers.QuantizedLayer) and len(cp.between) == 3
+    assert len(qat_model.get_layer("svd").between) == 1
+    names = [layer.name for layer in qat_model.layers]
+    assert "cp_quant" in names and "r2_quant" in names
+    assert "add_quant" not in names and "svd_quant" not in names  # ReLU fused into Add / conv
+    qat_model.compile(optimizer="adam", loss="mse")
+    qat_model.fit(x, np.zeros((64, 6)), batch_size=16, epochs=2, verbose=0)
+    for quantizer in cp.between:
+        low, high = (float(v) for v in quantizer.quantization_range())
+        assert float(quantizer.range_tracked.numpy()) == 1.0 and high > low
+
+    result = tflowrank.export_tflite(qat_model, tmp_path / "f.tflite")
+    assert result.ops["DEPTHWISE_CONV_2D"] == 2  # the CP chain, its depthwise steps int8
+    expected = qat_model.predict(x, verbose=0)
+    got = _tflite_logits(result.path, x)
+    scale = result.output_details[0].scale if result.output_details[0].scale else 0.0
+    assert np.max(np.abs(got - expected)) <= 0.15 * np.max(np.abs(expected)) + 4 * scale
+    # the QAT model itself kept its allocated rank
+    assert qat_model.get_layer("svd").layer.rank == 6
+
+
+def test_fake_quant_weight_is_per_channel_symmetric_narrow_range():
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(3, 3, 4, 5)).astype("float32")
+    w[..., 2] = 0.0  # a masked-off channel stays exactly zero
+    q = np.asarray(quantizers.fake_quant_weight(keras.ops.convert_to_tensor(w)))
+    bound = np.abs(w).max(axis=(0, 1, 2))
+    for c in range(5):
+        scale = max(bound[c], 1e-8) / 127
+        np.testing.assert_allclose(q[..., c], np.clip(np.round(w[..., c] / scale), -127, 127)
+                                   * scale, atol=1e-6)
+    assert np.all(q[..., 2] == 0)
+    dw = rng.normal(size=(3, 1, 6, 1)).astype("float32")  # depthwise: channel axis 2
+    qd = np.asarray(quantizers.fake_quant_weight(keras.ops.convert_to_tensor(dw), depthwise=True))
+    for c in range(6):
+        scale = np.abs(dw[:, :, c]).max() / 127
+        np.testing.assert_allclose(qd[:, :, c], np.round(dw[:, :, c] / scale) * scale, atol=1e-6)
+
+
+def test_activation_quantizer_tracks_ema_and_freezes():
+    layer = quantizers.ActivationQuantizer(ema_decay=0.5)
+    layer.build()
+    layer(np.array([[-1.0, 2.0]], "float32"), training=True)
+    layer(np.array([[-3.0, 4.0]], "float32"), training=True)
+    assert float(layer.range_min.numpy()) == pytest.approx(-2.0)
+    assert float(layer.range_max.numpy()) == pytest.approx(3.0)
+    out = np.asarray(layer(np.array([[-10.0, 0.0, 1.01]], "float32"), training=False))
+    assert float(layer.range_max.numpy()) == pytest.approx(3.0)  # frozen at inference
+    step = 5.0 / 255
+    assert out[0, 0] == pytest.approx(-2.0, abs=step) and out[0, 1] == 0.0  # clipped, zero exact
+    assert abs(out[0, 2] - 1.01) <= step / 2 + 1e-6
+    with pytest.raises(ValueError, match=r"`ema_decay` must be a float in \[0, 1\). Received: ema_decay=1.5"):
+        quantizers.ActivationQuantizer(ema_decay=1.5)
+
+
+def test_unsupported_layer_error_and_float_fallback():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.LayerNormalization(name="norm")(x)
+    x = keras.layers.Conv2D(4, 3, activation="tanh", name="tanh_conv")(x)
+    model = keras.Model(inputs, x)
+    with pytest.raises(ValueError, match=r"'norm' \(LayerNormalization: .*'tanh_conv' \(Conv2D: "
+                                         r"activation 'tanh'"):
+        tflowrank.quantize_aware(model)
+    qat_model = tflowrank.quantize_aware(model, float_fallback=["norm", "tanh_conv"])
+    assert type(qat_model.get_layer("norm")) is keras.layers.LayerNormalization
+    assert "norm_quant" in [layer.name for layer in qat_model.layers]
+    assert isinstance(qat_model.get_layer("conv"), quantizers.QuantizedLayer)
+    assert type(tflowrank.quantize_aware(model, float_fallback=True).get_layer("tanh_conv")) \
+        is keras.layers.Conv2D
+    with pytest.raises(ValueError, match=r"`float_fallback` names layers the model does not have: "
+                                         r"\['nope'\]"):
+        tflowrank.quantize_aware(model, float_fallback=["nope"])
+
+
+def test_callback_switches_quantization_at_start_epoch():
+    model, x = _tiny_factorized()
+    qat_model = tflowrank.quantize_aware(model)
+    qat_model.compile(optimizer="sgd", loss="mse")
+    seen = []
+    probe = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(_flags(qat_model)))
+    qat_model.fit(x, np.zeros((64, 6)), batch_size=32, epochs=3, verbose=0,
+                  callbacks=[QuantizeAware(start_epoch=2), probe])
+    assert seen == [{0.0}, {0.0}, {1.0}]
+    # before start_epoch the ranges are tracked already
+    assert all(float(q.range_tracked.numpy()) == 1.0 for q in quantizers.quantizer_layers(qat_model)
+               if isinstance(q, quantizers.ActivationQuantizer))
+    with pytest.raises(ValueError, match="has no quantization layers"):
+        model.compile(optimizer="sgd", loss="mse")
+        model.fit(x, np.zeros((64, 6)), epochs=1, verbose=0, callbacks=[QuantizeAware()])
+    with pytest.raises(ValueError, match=r"`start_epoch` must be an integer >= 0. Received: start_epoch=-1"):
+        QuantizeAware(start_epoch=-1)
+
+
+def test_export_needs_trained_ranges(tmp_path):
+    model, _ = _tiny_factorized()
+    with pytest.raises(ValueError, match="never tracked"):
+        tflowrank.export_tflite(tflowrank.quantize_aware(model), tmp_path / "m.tflite")
+
+
+def test_qat_model_round_trips_through_keras_file(tmp_path):
+    model, x = _tiny_factorized()
+    qat_model = tflowrank.quantize_aware(model)
+    qat_model.compile(optimizer="adam", loss="mse")
+    qat_model.fit(x, np.zeros((64, 6)), batch_size=32, epochs=1, verbose=0)
+    path = tmp_path / "qat.keras"
+    qat_model.save(path)
+    expected = qat_model.predict(x, verbose=0)
+    script = textwrap.dedent(f"""
+        import numpy as np, keras
+        import tflowrank.layers, tflowrank.quantizers
+        model = keras.models.load_model({str(path)!r}, compile=False)
+        x = np.load({str(tmp_path / 'x.npy')!r})
+        np.save({str(tmp_path / 'y.npy')!r}, model.predict(x, verbose=0))
+    """)
+    np.save(tmp_path / "x.npy", x)
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ})
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_keeps_ranges_identical_across_replicas(tmp_path):
+    script = textwrap.dedent("""
+        import json, sys
+        import numpy as np, tensorflow as tf
+        tf.config.set_logical_device_configuration(
+            tf.config.list_physical_devices("CPU")[0],
+            [tf.config.LogicalDeviceConfiguration()] * 2)
+        import keras, tflowrank
+        from tflowrank import quantizers
+        from tflowrank.callbacks import QuantizeAware
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        rng = np.random.default_rng(0)
+        x = rng.uniform(0, 1, (64, 8, 8, 3)).astype("float32")
+        y = rng.integers(0, 4, 64)
+        with strategy.scope():
+            inputs = keras.Input((8, 8, 3))
+            h = keras.layers.Conv2D(6, 3, use_bias=False)(inputs)
+            h = keras.layers.BatchNormalization()(h)
+            h = keras.layers.ReLU()(h)
+            h = keras.layers.GlobalAveragePooling2D()(h)
+            base = keras.Model(inputs, keras.layers.Dense(4)(h))
+            model = tflowrank.quantize_aware(base)
+            model.compile(optimizer="adam",
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[QuantizeAware(1)])
+        out = []
+        for layer in quantizers.quantizer_layers(model):
+            if isinstance(layer, quantizers.ActivationQuantizer):
+                for v in (layer.range_min, layer.range_max):
+                    values = [float(t.numpy()) for t in v.value.values] \\
+                        if hasattr(v.value, "values") else None
+                    out.append(values)
+        json.dump(out, sys.stdout)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranges = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert ranges and all(r is not None and len(r) == 2 for r in ranges), ranges
+    for per_replica in ranges:
+        assert per_replica[0] == per_replica[1]
+    assert any(r[0] != 0.0 for r in ranges)
