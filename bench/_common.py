@@ -128,3 +128,19 @@ def _version(package):
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
+
+
+def blas_threads():
+    """Threads NumPy's BLAS runs on (the OpenBLAS of the NumPy wheels), or None if it cannot say."""
+    import ctypes
+
+    import numpy
+
+    folder = Path(numpy.__file__).resolve().parent.parent / "numpy.libs"
+    for library in sorted(folder.glob("libscipy_openblas*.so*")):
+        handle = ctypes.CDLL(str(library))  # already loaded by NumPy: the same handle
+        for symbol in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads"):
+            function = getattr(handle, symbol, None)
+            if function is not None:
+                return int(function())
+    return None

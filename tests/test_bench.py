@@ -41,3 +41,59 @@ def test_compress_example_runs(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert (tmp_path / "small_int8.tflite").is_file()
     assert "top-1: Keras" in result.stdout and "CONV_2D x7" in result.stdout
+
+
+@pytest.mark.slow
+def test_methods_quick_mode_writes_its_json(tmp_path):
+    out = tmp_path / "methods.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "methods.py"), "--quick", "--no-latency", "--methods",
+         "spatial,cp", "--test-images", "500", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["complete"] and [r["method"] for r in report["rows"]] == ["spatial", "cp"]
+    for row in report["rows"]:
+        assert row["status"] == "ok" and row["n_layers"] == 3
+        assert 2.5 < row["layer_mac_ratio"] < 3.5 and 0 < row["error_mean"] < 1
+        assert 0.1 < row["top1"] <= 1 and row["factorize_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_training_quick_mode_writes_its_json(tmp_path):
+    out = tmp_path / "training.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "training.py"), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = {row["row"]: row for row in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["baseline", "qat", "factorized + PTQ", "scheduled + QAT"]
+    base = rows["baseline"]
+    for name in ("factorized + PTQ", "scheduled + QAT"):
+        assert 2.9 < base["macs"] / rows[name]["macs"] < 3.1  # 1/3 of the MACs, within 2%
+    for row in rows.values():
+        assert row["int8_top1"] > 0.7 and row["agreement"] > 0.9
+        assert set(row["int8_ops"]) >= {"CONV_2D", "FULLY_CONNECTED"}
+    assert "QAT epoch / plain epoch" in result.stdout
+
+
+@pytest.mark.slow
+def test_profile_overhead_quick_mode_writes_its_json(tmp_path):
+    pytest.importorskip("tflite_micro")
+    out = tmp_path / "profile.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "profile_overhead.py"), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = {(r["model"], r["dtype"]): r for r in report["rows"]}
+    assert len(rows) == 6
+    for (model, _), row in rows.items():
+        assert len(row["repeats_us"]) == 3 and row["median_us"] > 0
+        if model != "floor":
+            assert row["chains_us"] > 0 and len(row["layers_us"]) >= 4
+    for info in report["micro"].values():
+        assert info["fully_int8"] and info["arena_total_bytes"] > 0 and info["flash_ok"]

@@ -4,7 +4,7 @@ import numpy as np
 
 from ._io import input_path
 
-__all__ = ["evaluate_tflite"]
+__all__ = ["evaluate_tflite", "predict_tflite"]
 
 
 def evaluate_tflite(path, x, y, batch_size=256):
@@ -16,21 +16,11 @@ def evaluate_tflite(path, x, y, batch_size=256):
     one-hot rows ``(N, C)``. Batches of ``batch_size`` are used when the model can be resized to
     them; otherwise samples run one by one.
     """
-    from ai_edge_litert.interpreter import Interpreter
-
-    path = input_path(path, "path")
-    is_int = isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
-    if not is_int or batch_size < 1:
-        raise ValueError(
-            f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
-        )
     x, y = np.asarray(x), np.asarray(y)
     if len(x) != len(y):
         raise ValueError(
             f"`x` and `y` must have the same length. Received: len(x)={len(x)}, len(y)={len(y)}"
         )
-    if len(x) == 0:
-        raise ValueError("`x` is empty. Received: len(x)=0")
     if y.ndim == 1:
         labels = y.astype(np.int64)
     elif y.ndim == 2:
@@ -39,6 +29,27 @@ def evaluate_tflite(path, x, y, batch_size=256):
         raise ValueError(
             f"`y` must be int labels (N,) or one-hot (N, C). Received: y.shape={y.shape}"
         )
+    scores = predict_tflite(path, x, batch_size=batch_size)
+    return float(np.mean(scores.reshape(len(x), -1).argmax(axis=1) == labels))
+
+
+def predict_tflite(path, x, batch_size=256):
+    """Return the outputs of the single-input .tflite model at ``path`` on ``x``, as float32.
+
+    Inputs are quantized and outputs dequantized with the model's scales when they are integer;
+    ``x`` is handled as in ``evaluate_tflite``.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = input_path(path, "path")
+    is_int = isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
+    if not is_int or batch_size < 1:
+        raise ValueError(
+            f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
+        )
+    x = np.asarray(x)
+    if len(x) == 0:
+        raise ValueError("`x` is empty. Received: len(x)=0")
 
     interpreter = Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
@@ -61,8 +72,7 @@ def evaluate_tflite(path, x, y, batch_size=256):
     predict = _batched(path, Interpreter, x, batch) if batch > 1 else None
     predict = predict or _Runner(interpreter, 1)
     step = predict.batch
-    scores = np.concatenate([predict(x[i : i + step]) for i in range(0, len(x), step)])
-    return float(np.mean(scores.reshape(len(x), -1).argmax(axis=1) == labels))
+    return np.concatenate([predict(x[i : i + step]) for i in range(0, len(x), step)])
 
 
 class _Runner:

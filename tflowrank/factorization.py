@@ -31,7 +31,10 @@ def factorize(model, method, rank=None, layers=None, *, data=None, target_macs=N
             channels, 1 x 1; Dense -> two Dense), ``"tucker2"`` (1 x 1, k x k core, 1 x 1),
             ``"cp"`` (1 x 1, depthwise k x 1, depthwise 1 x k, 1 x 1), ``"tucker2_spatial"``
             (1 x 1, k x 1, 1 x k, 1 x 1) or ``"output"`` (data-driven: a narrow k x k conv and a
-            1 x 1 fitted to the layer's responses on ``data``; needs ``data``).
+            1 x 1 fitted to the layer's responses on ``data``; needs ``data``). Or a
+            ``CompressionPlan`` (from ``tflowrank.search``): each of its layers gets its own
+            method and rank (then give no ``rank``, ``layers`` or target; ``data`` iff the plan
+            has ``"output"`` entries, which are fitted first, in execution order).
         rank: the rank vocabulary of :mod:`tflowrank.ranks`: an int, a tuple (Tucker ranks), a
             float in (0, 1] (the fraction of each layer's MACs to keep), ``"energy:0.95"``,
             ``"vbmf"``, a dict ``{layer_name: spec}`` or a callable ``layer -> spec | None``.
@@ -55,6 +58,11 @@ def factorize(model, method, rank=None, layers=None, *, data=None, target_macs=N
     from .methods import method_table
 
     graph.check_model(model)
+    from .plan import CompressionPlan
+
+    if isinstance(method, CompressionPlan):
+        return _apply_plan(model, method, data, rank=rank, layers=layers, target_macs=target_macs,
+                           target_params=target_params, multiple_of=multiple_of)
     table = method_table(method)
     target = _check_target(rank, target_macs, target_params)
     if rank is not None:
@@ -98,6 +106,64 @@ def factorize(model, method, rank=None, layers=None, *, data=None, target_macs=N
         new = graph.rewrite(model, replacements)
     _warn(skipped)
     _warn_dropped_constraints(e.call.layer for e in entries)
+    return new
+
+
+def _apply_plan(model, plan, data, **others):
+    """Apply a ``CompressionPlan``: the "output" entries first (fitted to the original model's
+    responses, in execution order), then every kernel-based entry in one rewrite."""
+    from . import graph
+    from .methods import factor_class, method_table
+    from .output_approximation import approximate_outputs
+
+    given = [f"{name}={value!r}" for name, value in others.items()
+             if value is not None and not (name == "multiple_of" and value == 1)]
+    if given:
+        raise ValueError("A CompressionPlan already holds each layer's method and rank: pass no "
+                         "rank, layers, target or multiple_of with it. Received: " + ", ".join(given))
+    entries = plan.factorized
+    if not entries:
+        raise ValueError(f"The plan factorizes no layer of model {model.name!r}: every entry is "
+                         "left as it is. Received: a plan with no factorized entry")
+    calls = graph.layer_calls(model)
+    order = {call.path: index for index, call in enumerate(calls)}
+    times = {}
+    for call in calls:
+        times[id(call.layer)] = times.get(id(call.layer), 0) + 1
+    for entry in entries:
+        if entry.layer not in order:
+            raise ValueError(f"The plan names layer {entry.layer!r}, which model {model.name!r} does "
+                             "not have: was the plan made for another model?")
+        call = calls[order[entry.layer]]
+        target = factor_class(method_table(entry.method), call.layer)
+        reason = (f"method {entry.method!r} has no factorization for {type(call.layer).__name__}"
+                  if target is None else target.supports(call.layer))
+        if not reason and entry.method == "output" and call.path != call.layer.name:
+            reason = "method 'output' works on layers at the top level of the model"
+        if not reason and times[id(call.layer)] > 1:
+            reason = f"it is called {times[id(call.layer)]} times (shared weights)"
+        if reason:
+            raise ValueError(f"Layer {entry.layer!r} cannot be factorized with "
+                             f"method={entry.method!r} as the plan asks: {reason}.")
+    outputs = sorted((e for e in entries if e.method == "output"), key=lambda e: order[e.layer])
+    if outputs:
+        data = _check_data("output", data, model)
+        current = approximate_outputs(model, [(e.layer, lambda moments, r=e.rank: r) for e in outputs],
+                                      data)
+    else:
+        if data is not None:
+            raise ValueError("`data` is only used by the 'output' entries of a plan, and this plan has "
+                             "none. Received: data")
+        current = model
+    by_path = {call.path: call for call in graph.layer_calls(current)}
+    replacements = {}
+    for entry in entries:
+        if entry.method != "output":
+            layer = by_path[entry.layer].layer
+            target = factor_class(method_table(entry.method), layer)
+            replacements[id(layer)] = target.from_layer(layer, entry.rank)
+    new = graph.rewrite(current, replacements) if replacements else current
+    _warn_dropped_constraints(calls[order[e.layer]].layer for e in entries)
     return new
 
 

@@ -1,5 +1,6 @@
 """tflowrank's factorized Keras layers. Importing this module registers them for ``.keras`` loading."""
 
+from .. import quantizers as _quantizers  # noqa: F401  registers the QAT layers for loading
 from ._base import FactorizedLayer
 from .cp_conv2d import CPConv2D
 from .spatial_conv2d import SpatialConv2D

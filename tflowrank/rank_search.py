@@ -1,0 +1,493 @@
+"""search: measure each layer's sensitivity, then choose per-layer methods and ranks for a target.
+
+The sensitivity table holds, for every eligible layer alone, every method and a few ranks, the
+model's score with that layer compressed (the rest untouched). It is measured with one copy of the
+model per (layer, method): the factorized layer is allocated at the largest rank measured and each
+smaller rank's optimal factors are written into its leading slices, with the active-rank mask
+(``FactorizedLayer.set_active_rank``) cutting the rest, so nothing is rebuilt or re-traced between
+ranks. The choice itself is :mod:`tflowrank.selection` (pure NumPy).
+"""
+
+import hashlib
+import json
+import math
+import numbers
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from . import ranks
+
+__all__ = ["search"]
+
+DEFAULT_METHODS = ("spatial", "svd", "tucker2", "cp", "output")
+_CACHE_FORMAT = 1
+_TOLERANCE = 0.03  # a plan lands in [target * (1 - 3%), target]
+_CALIBRATION_SAMPLES = 256  # inputs used to fit the "output" method
+_LOWEST_FRACTION, _HIGHEST_FRACTION = 0.04, 0.8  # measured share of a layer's MACs
+# CP-ALS sweeps per measured rank: far fewer than factorize allows (up to 500), as CP at high
+# ranks dominates the search time otherwise; the measured score is then a lower bound of what the
+# fully converged factors give.
+_CP_SWEEPS = 50
+
+
+def search(model, data, target, cost="macs", methods=DEFAULT_METHODS, candidates=10, eval_fn=None,
+           cache=None, *, multiple_of=1, max_samples=1000, batch_size=250, progress=None):
+    """Choose a method and a rank per layer so that ``model`` keeps ``target`` of its cost.
+
+    Args:
+        model: a built Sequential or Functional Keras model; it is not modified.
+        data: ``(x, y)`` arrays or a ``tf.data.Dataset`` of ``(x, y)`` (batched or not); at most
+            ``max_samples`` samples are used. Scores are top-1 accuracies unless ``eval_fn`` is
+            given (then ``data`` may be None, or inputs alone, unless ``"output"`` is in
+            ``methods``, which fits on the first 256 inputs).
+        target: the fraction in (0, 1] of the original cost the compressed model may keep.
+        cost: ``"macs"`` (per sample), ``"params"`` or ``"latency"``.
+        methods: the factorization methods to choose from (see ``tflowrank.factorize``).
+        candidates: ranks measured per layer and method (from 4% to 80% of the layer's MACs,
+            geometrically spaced); the curve is interpolated between them.
+        eval_fn: ``eval_fn(model) -> float``, higher is better, instead of accuracy on ``data``.
+        cache: a JSON file for the sensitivity table: reused when it was made for the same model
+            weights, data and settings (``methods``, ``candidates``, ``max_samples``, the name of
+            ``eval_fn``), else measured again and overwritten. Targets, ``cost`` and
+            ``multiple_of`` are not part of the key: another target reuses the table.
+        multiple_of: every rank in the plan is a multiple of it (or the full rank).
+        max_samples, batch_size: the bounded evaluation set, and its batch size.
+        progress: a progress line on stderr; None shows it when stderr is a terminal.
+
+    Returns:
+        CompressionPlan: ``tflowrank.factorize(model, plan, data=...)`` applies it.
+    """
+    from ._backend import require_tensorflow
+    from .plan import COSTS
+
+    target = _check_target(target)
+    if cost not in COSTS:
+        raise ValueError(f"`cost` must be one of {', '.join(map(repr, COSTS))}. Received: cost={cost!r}")
+    methods = _check_methods(methods)
+    candidates = _check_count("candidates", candidates, 2)
+    multiple_of = ranks.check_multiple_of(multiple_of)
+    max_samples = _check_count("max_samples", max_samples, 1)
+    batch_size = _check_count("batch_size", batch_size, 1)
+    if eval_fn is not None and not callable(eval_fn):
+        raise TypeError(f"`eval_fn` must be a callable model -> float. Received: eval_fn={eval_fn!r}")
+    if cost == "latency":
+        raise NotImplementedError(
+            "cost='latency' is not implemented yet: per-layer host latency tables are planned. "
+            "Use cost='macs' or cost='params'. Received: cost='latency'")
+    require_tensorflow()
+    from . import graph
+
+    graph.check_model(model)
+    x, y = _load_data(data, eval_fn, methods, max_samples, model)
+    sites = _sites(model, methods, candidates)
+    if not sites:
+        raise ValueError(f"Model {model.name!r} has no layer that methods={methods!r} can factorize "
+                         "so that it costs less (Conv2D / Dense layers, called once).")
+    key = _fingerprint(model, x, y, methods, candidates, max_samples, eval_fn)
+    table = _read_cache(cache, key)
+    if table is None:
+        table = _measure(model, sites, x, y, eval_fn, batch_size, progress)
+        table["fingerprint"] = key
+        if cache is not None:
+            _write_cache(cache, table)
+    return _plan(model, sites, table, target, cost, multiple_of)
+
+
+# -- arguments -------------------------------------------------------------------------------------
+
+def _check_target(target):
+    if isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target <= 1:
+        raise ValueError("`target` is the fraction of the original cost to keep and must be in "
+                         f"(0, 1]. Received: target={target!r}")
+    return float(target)
+
+
+def _check_methods(methods):
+    from .methods import METHOD_NAMES
+
+    if isinstance(methods, str):
+        methods = (methods,)
+    if not isinstance(methods, (list, tuple)) or not methods:
+        raise ValueError(f"`methods` must be a non-empty list of method names from "
+                         f"{', '.join(map(repr, METHOD_NAMES))}. Received: methods={methods!r}")
+    unknown = [m for m in methods if m not in METHOD_NAMES]
+    if unknown:
+        raise ValueError(f"Unknown factorization method(s) {', '.join(map(repr, unknown))}: expected "
+                         f"names from {', '.join(map(repr, METHOD_NAMES))}. Received: methods={methods!r}")
+    return tuple(dict.fromkeys(methods))
+
+
+def _check_count(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+    return int(value)
+
+
+def _load_data(data, eval_fn, methods, max_samples, model):
+    """``(x, y)`` as NumPy arrays of at most ``max_samples`` samples (``y`` None with eval_fn)."""
+    import tensorflow as tf
+
+    if data is None:
+        if eval_fn is None:
+            raise ValueError("`data` is needed to score the model (or pass eval_fn=). Received: data=None")
+        if "output" in methods:
+            raise ValueError("method 'output' fits layers to their responses on inputs: pass data=. "
+                             "Received: data=None")
+        return None, None
+    expected = tuple(model.inputs[0].shape[1:])
+    if isinstance(data, tf.data.Dataset):
+        xs, ys, count = [], [], 0
+        for element in data:
+            parts = tuple(element) if isinstance(element, (tuple, list)) else (element,)
+            bx = np.asarray(parts[0])
+            by = np.asarray(parts[1]) if len(parts) > 1 else None
+            if bx.ndim == len(expected):  # unbatched elements
+                bx, by = bx[None], None if by is None else by[None]
+            xs.append(bx)
+            ys.append(by)
+            count += len(bx)
+            if count >= max_samples:
+                break
+        if not xs:
+            raise ValueError("`data` is empty: the dataset yielded no element. "
+                             "Received: an empty tf.data.Dataset")
+        x = np.concatenate(xs)
+        y = None if any(b is None for b in ys) else np.concatenate(ys)
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = np.asarray(data[0]), np.asarray(data[1])
+    else:
+        x, y = np.asarray(data), None
+    if len(x) == 0:
+        raise ValueError(f"`data` is empty: it holds no sample. Received: x with shape {x.shape}")
+    if x.ndim != len(expected) + 1 or any(e is not None and e != a for e, a in zip(expected, x.shape[1:])):
+        raise ValueError(f"The inputs of `data` do not match the model input {(None, *expected)}. "
+                         f"Received: x with shape {x.shape}")
+    if y is None and eval_fn is None:
+        raise ValueError("`data` must be (x, y) to measure accuracy (or pass eval_fn=). "
+                         "Received: inputs without labels")
+    if y is not None and len(y) != len(x):
+        raise ValueError(f"`data` holds {len(x)} inputs but {len(y)} labels. Received: x with shape "
+                         f"{x.shape}, y with shape {y.shape}")
+    x = x[:max_samples].astype(np.float32)
+    return x, None if y is None else y[:max_samples]
+
+
+# -- what can be compressed, and at which ranks it is measured --------------------------------------
+
+class _Site:
+    """One eligible layer call: per method, the replacing class and the ranks measured."""
+
+    def __init__(self, call):
+        self.call = call
+        self.methods = {}
+
+    @property
+    def path(self):
+        return self.call.path
+
+
+def _sites(model, methods, candidates):
+    import keras
+
+    from . import graph
+    from .costs import layer_macs
+    from .methods import factor_class, method_table
+
+    calls = graph.layer_calls(model)
+    times = {}
+    for call in calls:
+        times[id(call.layer)] = times.get(id(call.layer), 0) + 1
+    sites, seen = [], set()
+    for call in calls:
+        layer = call.layer
+        if id(layer) in seen or times[id(layer)] > 1:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)):
+            continue
+        original = layer_macs(layer, call.input_shapes, call.output_shapes)
+        if not original:
+            continue
+        site = _Site(call)
+        for method in methods:
+            cls = factor_class(method_table(method), layer)
+            if cls is None or cls.supports(layer) is not None:
+                continue
+            if method == "output" and call.path != layer.name:
+                continue  # the output method works on top-level layers only
+            if getattr(cls, "needs_spatial_extent", False) and tuple(layer.kernel_size) == (1, 1):
+                continue
+            measured = _measured_ranks(call, cls, original, candidates)
+            if measured:
+                site.methods[method] = (cls, measured)
+        if site.methods:
+            sites.append(site)
+    return sites
+
+
+def _measured_ranks(call, cls, original, candidates):
+    """The ranks measured: the largest costing at most each of ``candidates`` MAC fractions."""
+    import bisect
+
+    options = cls.rank_candidates(call.layer, call.input_shape[-1])
+    macs = [cls.macs_for(call.layer, r, call.input_shape) for r in options]
+    picked = []
+    for fraction in np.geomspace(_LOWEST_FRACTION, _HIGHEST_FRACTION, candidates):
+        index = max(bisect.bisect_right(macs, fraction * original) - 1, 0)
+        if macs[index] < original and options[index] not in picked:
+            picked.append(options[index])
+    return picked
+
+
+# -- measuring --------------------------------------------------------------------------------------
+
+def _measure(model, sites, x, y, eval_fn, batch_size, progress):
+    scorer = eval_fn if eval_fn is not None else _accuracy_scorer(x, y, batch_size)
+    total = sum(len(measured) for site in sites for _, measured in site.methods.values())
+    bar = _Progress(total, progress)
+    baseline = float(scorer(model))
+    scores = {}
+    try:
+        for site in sites:
+            for method, (cls, measured) in site.methods.items():
+                bar.label = f"{site.path} {method}"
+                curve = _layer_curve(model, site.call, method, cls, measured, scorer, x, bar)
+                scores.setdefault(site.path, {})[method] = [
+                    [list(r) if isinstance(r, tuple) else r, s] for r, s in zip(measured, curve)]
+    finally:
+        bar.close()
+    return {"format": _CACHE_FORMAT, "baseline": baseline, "scores": scores}
+
+
+def _layer_curve(model, call, method, cls, measured, scorer, x, bar):
+    """Scores of ``model`` with ``call``'s layer alone factorized at each rank of ``measured``."""
+    from . import graph
+
+    layer = call.layer
+    kernel = cls._numpy(layer.kernel)
+    bias = cls._numpy(layer.bias) if layer.use_bias else None
+    allocated = (tuple(max(r[i] for r in measured) for i in range(len(measured[0])))
+                 if isinstance(measured[0], tuple) else max(measured))
+    if method == "output":
+        from .decompositions import output_factors
+        from .layers import SVDConv2D
+
+        moments = _moments(model, layer, x[:_CALIBRATION_SAMPLES])
+
+        def factors(rank):
+            fitted = output_factors(kernel, bias, moments, rank)
+            return (fitted.first, fitted.second), fitted.bias
+
+        values, new_bias = factors(allocated)
+        new = SVDConv2D.from_factors(layer, allocated, values, new_bias, None)
+    else:
+        def factors(rank):
+            if method == "cp":  # a bounded CP-ALS: see _CP_SWEEPS
+                from .decompositions import cp_factors
+
+                sweeps = min(cls.sweeps(kernel.shape, rank), _CP_SWEEPS)
+                found = cp_factors(kernel, rank, n_iter_max=sweeps)
+                return (found.pointwise_in, found.vertical, found.horizontal, found.pointwise_out), bias
+            return cls._decompose(kernel, rank)[0], bias
+
+        values, _ = factors(allocated)
+        new = cls.from_factors(layer, allocated, values, bias, None)
+    copy = graph.rewrite(model, {id(layer): new})
+    scores = []
+    for rank in measured:
+        values, new_bias = factors(rank)
+        for (name, _), value in zip(new.factors, values):
+            variable = getattr(new, name)
+            padded = np.zeros(variable.shape, dtype=variable.dtype)
+            padded[tuple(slice(0, n) for n in value.shape)] = value
+            variable.assign(padded)
+        if new_bias is not None:
+            new.bias.assign(new_bias)
+        new.set_active_rank(rank)
+        scores.append(float(scorer(copy)))
+        bar.step()
+    return scores
+
+
+def _moments(model, layer, x):
+    """Second moments of ``layer``'s responses (its own inputs: the layer alone is approximated)."""
+    from .decompositions import ResponseMoments
+    from .output_approximation import _MAX_ROWS_PER_BATCH, _input_probe, _responses
+
+    rng = np.random.default_rng(0)
+    moments = ResponseMoments(int(layer.kernel.shape[-1]))
+    probe = _input_probe(model, layer.name)
+    for start in range(0, len(x), 64):
+        rows = _responses(layer, probe(x[start:start + 64]))
+        rows = rows.reshape(-1, rows.shape[-1])
+        if len(rows) > _MAX_ROWS_PER_BATCH:
+            rows = rows[np.sort(rng.choice(len(rows), _MAX_ROWS_PER_BATCH, replace=False))]
+        moments.add(rows, rows)
+    return moments
+
+
+def _accuracy_scorer(x, y, batch_size):
+    """``model -> top-1 accuracy on (x, y)``; one traced forward pass per model."""
+    import tensorflow as tf
+
+    y = np.asarray(y)
+    labels = y.argmax(-1) if y.ndim == 2 and y.shape[-1] > 1 else y.reshape(len(y))
+    batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+    state = {}
+
+    def score(model):
+        if state.get("model") is not model:
+            spec = tf.TensorSpec((None, *x.shape[1:]), tf.float32)
+            state["model"] = model
+            state["forward"] = tf.function(lambda b: model(b, training=False), input_signature=[spec])
+        outputs = np.concatenate([np.asarray(state["forward"](b)) for b in batches])
+        if outputs.ndim != 2:
+            raise ValueError("Accuracy needs a model output of shape (N, classes); pass eval_fn= for "
+                             f"other models. Received: an output of shape {outputs.shape}")
+        predicted = (outputs[:, 0] > 0.5).astype(int) if outputs.shape[1] == 1 else outputs.argmax(-1)
+        return float(np.mean(predicted == labels))
+
+    return score
+
+
+class _Progress:
+    """``search: 12/180 conv2 tucker2 00:14`` on stderr, rewritten in place."""
+
+    def __init__(self, total, enabled):
+        self.total, self.done, self.label = total, 0, ""
+        self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
+        self.started = time.monotonic()
+
+    def step(self):
+        self.done += 1
+        if self.enabled:
+            seconds = int(time.monotonic() - self.started)
+            width = 24
+            filled = width * self.done // max(self.total, 1)
+            sys.stderr.write(f"\rsearch [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                             f"{seconds // 60:02d}:{seconds % 60:02d} {self.label[:40]:<40}")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.enabled and self.done:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# -- the cache --------------------------------------------------------------------------------------
+
+def _fingerprint(model, x, y, methods, candidates, max_samples, eval_fn):
+    digest = hashlib.sha256()
+    digest.update(model.to_json().encode())
+    for weight in model.weights:
+        digest.update(weight.path.encode())
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    for array in (x, y):
+        if array is not None:
+            digest.update(str(array.shape).encode() + str(array.dtype).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+    name = None if eval_fn is None else f"{getattr(eval_fn, '__module__', '')}." \
+                                        f"{getattr(eval_fn, '__qualname__', type(eval_fn).__name__)}"
+    settings = {"format": _CACHE_FORMAT, "methods": list(methods), "candidates": candidates,
+                "max_samples": max_samples, "eval_fn": name,
+                "fractions": [_LOWEST_FRACTION, _HIGHEST_FRACTION], "cp_sweeps": _CP_SWEEPS}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _read_cache(cache, key):
+    from pathlib import Path
+
+    if cache is None or not Path(cache).is_file():
+        return None
+    try:
+        table = json.loads(Path(cache).read_text())
+    except (OSError, ValueError) as error:
+        warnings.warn(f"tflowrank.search: cache {str(cache)!r} is unreadable ({error}); measuring "
+                      "again and overwriting it.", stacklevel=3)
+        return None
+    if not isinstance(table, dict) or table.get("fingerprint") != key:
+        warnings.warn(f"tflowrank.search: cache {str(cache)!r} was made for another model, data or "
+                      "settings; measuring again and overwriting it.", stacklevel=3)
+        return None
+    return table
+
+
+def _write_cache(cache, table):
+    from ._io import output_path, write_bytes_atomic
+
+    write_bytes_atomic(output_path(cache, "cache"), json.dumps(table).encode())
+
+
+# -- choosing ---------------------------------------------------------------------------------------
+
+def _layer_cost(kind, call, cls=None, rank=None):
+    from .costs import layer_macs
+
+    layer = call.layer
+    if kind == "macs":
+        if cls is None:
+            return layer_macs(layer, call.input_shapes, call.output_shapes)
+        return cls.macs_for(layer, rank, call.input_shape)
+    if cls is None:
+        return layer.count_params()
+    return cls.params_for(layer, rank, call.input_shape[-1])
+
+
+def _plan(model, sites, table, target, kind, multiple_of):
+    from .costs import cost
+    from .plan import CompressionPlan, PlanEntry
+    from .selection import Option, interpolate, monotone_fit, select
+
+    total = cost(model).macs if kind == "macs" else model.count_params()
+    baseline = float(table["baseline"])
+    layers = []
+    for site in sites:
+        call = site.call
+        original = _layer_cost(kind, call)
+        options = []
+        for method, (cls, _) in site.methods.items():
+            points = table["scores"].get(site.path, {}).get(method)
+            if not points:
+                continue
+            measured = [(cls.normalize_rank(tuple(r) if isinstance(r, list) else r), s) for r, s in points]
+            fit_costs, fitted = monotone_fit([_layer_cost(kind, call, cls, r) for r, _ in measured],
+                                             [s for _, s in measured])
+            full = cls.full_rank_of(call.layer, call.input_shape[-1])
+            ranks_ = list(dict.fromkeys(ranks.round_rank(r, multiple_of, full)
+                                        for r in cls.rank_candidates(call.layer, call.input_shape[-1])))
+            costs_ = [_layer_cost(kind, call, cls, r) for r in ranks_]
+            predicted = interpolate(fit_costs, fitted, costs_, original, baseline)
+            for rank, cost_, score in zip(ranks_, costs_, predicted):
+                if not math.isnan(score) and cost_ < original:
+                    options.append(Option(method, rank, float(cost_), max(baseline - float(score), 0.0)))
+        layers.append((original, options))
+    fixed = total - sum(original for original, _ in layers)
+    try:
+        picks, reached = select(layers, target * total, fixed)
+    except ValueError:
+        lowest = fixed + sum(min([o.cost for o in opts], default=orig) for orig, opts in layers)
+        raise ValueError(
+            f"`target`={target!r} cannot be reached with cost={kind!r}: with every candidate layer "
+            f"at its smallest measured rank the model keeps {lowest / total:.3f} of its {kind}. "
+            "Ask for more, or allow more methods.") from None
+    if reached < target * total * (1 - _TOLERANCE):
+        warnings.warn(f"tflowrank.search: target={target!r} reached {reached / total:.3f} "
+                      f"(rank steps of multiple_of={multiple_of} are too coarse to land within "
+                      f"{_TOLERANCE:.0%}).", stacklevel=3)
+    entries, drop = [], 0.0
+    for site, (original, _), pick in zip(sites, layers, picks):
+        if pick is None:
+            entries.append(PlanEntry(site.path, None, None, original, original, baseline))
+        else:
+            drop += pick.drop
+            cost_after = int(pick.cost) if kind != "latency" else pick.cost
+            entries.append(PlanEntry(site.path, pick.method, pick.rank, original, cost_after,
+                                     baseline - pick.drop))
+    return CompressionPlan(cost=kind, target=target, total_before=total,
+                           total_after=int(reached) if kind != "latency" else reached,
+                           baseline_score=baseline, predicted_score=baseline - drop,
+                           entries=tuple(entries), multiple_of=multiple_of)
