@@ -175,11 +175,12 @@ def report(record):
                             f"{info['arena_head_bytes'] / 1024:.1f}",
                             f"{info['arena_tail_bytes'] / 1024:.1f}",
                             "yes" if info["fully_int8"] else "no",
-                            str(info["max_lsb_difference"]),
+                            (f"{info['max_lsb_difference']} LSB" if info["max_lsb_difference"] is not None
+                             else f"{info['max_abs_difference']:g} (float out)"),
                             f"{'ok' if info['flash_ok'] else 'OVER'} ({info['flash_margin_kb']:+.1f} KB)",
                             f"{'ok' if info['ram_ok'] else 'OVER'} ({info['ram_margin_kb']:+.1f} KB)"])
     text += "\n\nTFLite Micro (int8):\n" + format_table(
-        ["model", "flash KB", "arena KB", "head KB", "tail KB", "int8", "max LSB vs LiteRT",
+        ["model", "flash KB", "arena KB", "head KB", "tail KB", "int8", "parity vs LiteRT",
          f"flash <= {FLASH_KB} KB", f"arena <= {ARENA_KB} KB"], micro_lines)
     return text
 
