@@ -210,6 +210,14 @@ def test_a_step_schedule_moves_within_epochs():
     assert seen == sorted(seen, reverse=True) and seen[-1] == 2 and len(set(seen)) > 2
 
 
+def test_a_step_schedule_reaches_its_target_even_when_steps_are_longer_than_the_window():
+    model = _compiled(_factorized("spatial", rank=1.0))
+    x, y = _data(64)
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0,
+              callbacks=[RankScheduler(3, every=1000, end_epoch=1)])
+    assert [layer.active_rank for layer in _factorized_layers(model)] == [3, 3]
+
+
 def test_the_scheduler_is_reusable_across_fits_and_never_raises_a_rank():
     model = _compiled(_factorized("spatial", rank=1.0))
     scheduler = RankScheduler(4)

@@ -94,6 +94,7 @@ class RankScheduler(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._plan = None
         self._epoch = 0
+        self._finished = False
         self._steps = self.params.get("steps") if self.params else None
         epochs = (self.params or {}).get("epochs") or 1
         self._end = self.end_epoch if self.end_epoch is not None else max(epochs - 1, self.start_epoch)
@@ -113,10 +114,12 @@ class RankScheduler(keras.callbacks.Callback):
             return
         step = self._epoch * self._steps + batch
         first = self.start_epoch * self._steps
-        if step < first or (step - first) % self.every:
+        if step < first or self._finished:
             return
         span = (self._end - self.start_epoch) * self._steps
-        self._step(1.0 if span == 0 else min(1.0, (step - first) / span))
+        t = 1.0 if span == 0 else min(1.0, (step - first) / span)
+        if (step - first) % self.every == 0 or t == 1.0:  # the target is reached whatever N is
+            self._step(t)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -148,6 +151,7 @@ class RankScheduler(keras.callbacks.Callback):
         return calls
 
     def _step(self, t):
+        self._finished = t >= 1.0
         if self._plan is None:
             self._plan = self._make_plan()
         fraction = t if self.schedule == "linear" else (1.0 - math.cos(math.pi * t)) / 2.0
