@@ -26,8 +26,7 @@ import numbers
 import keras
 import numpy as np
 
-from .. import graph
-from ..layers import FactorizedLayer
+from ._selection import factorized_calls
 
 __all__ = ["LowRankRegularizer"]
 
@@ -75,22 +74,8 @@ class LowRankRegularizer(keras.callbacks.Callback):
         self.model.test_function = None
 
     def _penalised_layers(self):
-        graph.check_model(self.model)
-        found, seen = [], set()
-        for call in graph.layer_calls(self.model):
-            layer = graph.unwrapped(call.layer)
-            if isinstance(layer, FactorizedLayer) and id(layer) not in seen:
-                seen.add(id(layer))
-                if self.layers is None or layer.name in self.layers or call.path in self.layers:
-                    found.append(layer)
-        if self.layers is not None:
-            missing = sorted(set(self.layers) - {layer.name for layer in found})
-            if missing:
-                raise ValueError(f"`layers` names no factorized layer of the model: {missing}")
-        if not found:
-            raise ValueError("LowRankRegularizer: the model has no factorized layer to penalise "
-                             "(factorize it first with tflowrank.factorize).")
-        return found
+        calls = factorized_calls(self.model, self.layers, "LowRankRegularizer", "penalise")
+        return [call.layer for call in calls]
 
 
 class _ComponentPenalty:

@@ -16,16 +16,15 @@ mean active rank over the scheduled layers; tuple ranks count their mean) are ad
 History, CSVLogger and TensorBoard placed after this callback in the list.
 """
 
-import dataclasses
 import math
 import numbers
 
 import keras
 import numpy as np
 
-from .. import graph, ranks
+from .. import ranks
 from ..costs import cost
-from ..layers import FactorizedLayer
+from ._selection import factorized_calls
 
 __all__ = ["RankScheduler"]
 
@@ -130,25 +129,7 @@ class RankScheduler(keras.callbacks.Callback):
 
     # -- the schedule ----------------------------------------------------------------------------
     def _scheduled_calls(self):
-        graph.check_model(self.model)
-        calls, seen = [], set()
-        for call in graph.layer_calls(self.model):
-            layer = graph.unwrapped(call.layer)
-            if not isinstance(layer, FactorizedLayer) or id(layer) in seen:
-                continue
-            seen.add(id(layer))
-            if self.layers is None or layer.name in self.layers or call.path in self.layers:
-                calls.append(dataclasses.replace(call, layer=layer))  # the layer, not its QAT wrapper
-        if self.layers is not None:
-            found = {c.layer.name for c in calls} | {c.path for c in calls}
-            missing = [name for name in self.layers if name not in found]
-            if missing:
-                raise ValueError(f"`layers` names no factorized layer of the model: {missing}. "
-                                 f"Factorized layers: {sorted(c.path for c in calls) or 'none'}")
-        if not calls:
-            raise ValueError("RankScheduler: the model has no factorized layer to schedule "
-                             "(factorize it first with tflowrank.factorize).")
-        return calls
+        return factorized_calls(self.model, self.layers, "RankScheduler", "schedule")
 
     def _step(self, t):
         self._finished = t >= 1.0

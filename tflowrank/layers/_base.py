@@ -22,7 +22,8 @@ import keras
 import numpy as np
 
 from .. import _shapes
-from ..decompositions import energy_rank
+from ..decompositions import energy_rank, svd_factors
+from ..ranks import matrix_rank
 
 __all__ = []
 
@@ -571,3 +572,24 @@ class FactorizedConv2D(FactorizedLayer):
             "dilation_rate": tuple(layer.dilation_rate),
             **cls._source_common(layer),
         }
+
+
+class KernelSVD:
+    """Spectral classmethods of the chains that are a truncated SVD of the kernel unfolded to
+    ``(everything but the last axis) x out``: ``SVDConv2D`` and ``SVDDense``."""
+
+    @classmethod
+    def energy_spectra(cls, layer):
+        kernel = cls._numpy(layer.kernel).astype(np.float64)
+        return (np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False),)
+
+    @classmethod
+    def vbmf_rank(cls, layer):
+        kernel = cls._numpy(layer.kernel)
+        return matrix_rank(kernel.reshape(-1, kernel.shape[-1]), ("vbmf",))
+
+    @classmethod
+    def _decompose(cls, kernel, rank):
+        result = svd_factors(kernel, rank)
+        return (result.first, result.second), result.relative_error
+

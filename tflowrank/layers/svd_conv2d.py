@@ -5,16 +5,14 @@ import numpy as np
 from keras import ops
 
 from .. import _shapes
-from ..decompositions import svd_factors
 from ..interop import Step
-from ..ranks import matrix_rank
-from ._base import FactorizedConv2D
+from ._base import FactorizedConv2D, KernelSVD
 
 __all__ = ["SVDConv2D"]
 
 
 @keras.saving.register_keras_serializable(package="tflowrank")
-class SVDConv2D(FactorizedConv2D):
+class SVDConv2D(KernelSVD, FactorizedConv2D):
     """Channel-factorized 2-D convolution from the truncated SVD of the ``(kh*kw*cin, cout)`` kernel.
 
     Computes ``conv(conv(x, K, kh x kw, cin -> rank), P, 1 x 1, rank -> filters) + bias``; the first
@@ -66,18 +64,3 @@ class SVDConv2D(FactorizedConv2D):
         ho, wo = _shapes.conv_output_hw(input_shape[1:3], layer.kernel_size, layer.strides,
                                         layer.dilation_rate, layer.padding)
         return first + ho * wo * rank * layer.filters
-
-    @classmethod
-    def energy_spectra(cls, layer):
-        kernel = cls._numpy(layer.kernel).astype(np.float64)
-        return (np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False),)
-
-    @classmethod
-    def vbmf_rank(cls, layer):
-        kernel = cls._numpy(layer.kernel)
-        return matrix_rank(kernel.reshape(-1, kernel.shape[-1]), ("vbmf",))
-
-    @classmethod
-    def _decompose(cls, kernel, rank):
-        result = svd_factors(kernel, rank)
-        return (result.first, result.second), result.relative_error

@@ -1,20 +1,17 @@
 """SVDDense: a dense layer as two dense layers in -> rank -> units."""
 
 import keras
-import numpy as np
 from keras import ops
 
 from .. import _shapes
-from ..decompositions import svd_factors
 from ..interop import Step
-from ..ranks import matrix_rank
-from ._base import FactorizedLayer, _positive_int
+from ._base import FactorizedLayer, KernelSVD, _positive_int
 
 __all__ = ["SVDDense"]
 
 
 @keras.saving.register_keras_serializable(package="tflowrank")
-class SVDDense(FactorizedLayer):
+class SVDDense(KernelSVD, FactorizedLayer):
     """Dense layer from the truncated SVD of its ``(in, units)`` kernel.
 
     Computes ``(x @ A) @ B + bias`` on the last axis, like ``keras.layers.Dense``. Weights:
@@ -83,20 +80,6 @@ class SVDDense(FactorizedLayer):
     def macs_for(cls, layer, rank, input_shape):
         return _shapes.dense_macs(input_shape, layer.units, rank=rank)
 
-    @classmethod
-    def energy_spectra(cls, layer):
-        kernel = cls._numpy(layer.kernel).astype(np.float64)
-        return (np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False),)
-
-    @classmethod
-    def vbmf_rank(cls, layer):
-        kernel = cls._numpy(layer.kernel)
-        return matrix_rank(kernel.reshape(-1, kernel.shape[-1]), ("vbmf",))
-
-    @classmethod
-    def _decompose(cls, kernel, rank):
-        result = svd_factors(kernel, rank)
-        return (result.first, result.second), result.relative_error
 
     @classmethod
     def _config_from(cls, layer):
