@@ -3,8 +3,8 @@
     python examples/compress_fashion_cnn.py                       # ~3 min on 2 cores
     python examples/compress_fashion_cnn.py --method svd --fraction 0.3 --output /tmp/fm
 
-What `tflowrank demo` does, written as user code: factorize -> fine-tune -> int8 export ->
-accuracy of Keras and TFLite -> host latency.
+The stages `tflowrank.compress` chains, written by hand with one method and one uniform rank
+share: factorize -> fine-tune -> int8 export -> accuracy of Keras and TFLite -> host latency.
 """
 
 import argparse

@@ -97,3 +97,26 @@ def test_profile_overhead_quick_mode_writes_its_json(tmp_path):
             assert row["chains_us"] > 0 and len(row["layers_us"]) >= 4
     for info in report["micro"].values():
         assert info["fully_int8"] and info["arena_total_bytes"] > 0 and info["flash_ok"]
+
+
+@pytest.mark.slow
+def test_auto_uniform_plan_shares_the_budget_evenly(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import auto
+
+    from tflowrank import cost, factorize, zoo
+
+    model = zoo.load_fashion_cnn()
+    plan = auto.uniform_plan(model, "spatial", 1 / 3)
+    assert 0.3 <= plan.fraction <= 1 / 3
+    assert {e.layer for e in plan.factorized} == set(auto.UNIFORM_LAYERS)
+    shares = [e.cost_after / e.cost_before for e in plan.factorized]
+    assert max(shares) - min(shares) < 0.05  # one common share, up to rank rounding
+    assert cost(factorize(model, plan)).macs == plan.total_after
+    row = {"row": "3x tflowrank", "keras_top1": 0.9, "int8_top1": 0.91, "baseline_top1": 0.92,
+           "baseline_int8_top1": 0.92, "macs": 10, "baseline_macs": 30, "params": 5,
+           "baseline_params": 20, "int8_bytes": 1024, "baseline_float32_bytes": 20480,
+           "baseline_int8_bytes": 5120, "int8_median_us": 100.0, "baseline_int8_median_us": 300.0,
+           "search_seconds": 12.0}
+    text = auto.table({"rows": [row], "cached_search_seconds": 0.2})
+    assert "3x tflowrank" in text and "-1.00" in text and "20.00" in text and "0.2 s" in text

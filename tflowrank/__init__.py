@@ -15,6 +15,8 @@ _PUBLIC = {
     "LayerCost": "costs",
     "factorize": "factorization",
     "search": "rank_search",
+    "compress": "compression",
+    "CompressionResult": "compression",
     "CompressionPlan": "plan",
     "PlanEntry": "plan",
     "finalize": "finalization",

@@ -120,12 +120,34 @@ def _parser():
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=_profile)
 
-    p = sub.add_parser("demo", help="compress the baseline Fashion-MNIST CNN end to end")
-    p.add_argument("-o", "--output", default="tflowrank-demo", help="folder for the outputs")
-    p.add_argument("--method", default="spatial", help="spatial or svd")
-    p.add_argument("--fraction", type=float, default=0.4,
-                   help="share of the model's conv MACs to keep (default 0.4)")
+    p = sub.add_parser("compress", help="search, factorize, fine-tune, export int8, evaluate and "
+                                        "profile a .keras classifier; write a report folder")
+    p.add_argument("model", help="a trained .keras classifier")
+    p.add_argument("--data", required=True,
+                   help="'fashion-mnist', or a .npz file with x_train, y_train, x_val, y_val "
+                        "(x_test, y_test are accepted for the validation pair)")
+    p.add_argument("--target", type=float, required=True,
+                   help="fraction of the original cost to keep, in (0, 1]")
+    p.add_argument("--cost", default="macs", choices=["macs", "params", "latency"])
+    p.add_argument("-o", "--output", required=True, help="the report folder (created if missing)")
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
+    p.add_argument("--no-qat", action="store_true",
+                   help="post-training int8 instead of a quantization-aware last epoch")
+    p.add_argument("--methods", help="comma-separated (default: spatial,svd,tucker2,cp,output)")
+    p.add_argument("--candidates", type=int, default=10, help="ranks measured per layer and method")
+    p.add_argument("--multiple-of", type=int, default=1, help="round ranks to a multiple")
+    p.add_argument("--cache", help="sensitivity table JSON (default: OUTPUT/sensitivity.json)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per model on the host")
+    p.add_argument("--train-samples", type=int, help="use only the first N training samples")
+    p.add_argument("--val-samples", type=int, help="use only the first N validation samples")
+    p.set_defaults(run=_compress)
+
+    p = sub.add_parser("demo", help="tflowrank compress on the shipped Fashion-MNIST CNN")
+    p.add_argument("-o", "--output", default="tflowrank-demo", help="the report folder")
+    p.add_argument("--target", type=float, default=1 / 3,
+                   help="share of the model's MACs to keep (default 1/3)")
+    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
+    p.add_argument("--no-qat", action="store_true", help="post-training int8 instead of QAT")
     p.add_argument("--runs", type=int, default=50, help="timed runs per model")
     p.set_defaults(run=_demo)
     return parser
@@ -309,13 +331,59 @@ def _profile(args):
     return 0
 
 
+def _labelled(spec):
+    """``((x_train, y_train), (x_val, y_val))`` from 'fashion-mnist' or a .npz file."""
+    import numpy as np
+
+    if spec == "fashion-mnist":
+        from .datasets import fashion_mnist
+        from .zoo import prepare_images
+
+        (x, y), (xv, yv) = fashion_mnist(verbose=False)
+        return (prepare_images(x), y), (prepare_images(xv), yv)
+    path = Path(spec)
+    if not path.is_file():
+        raise _Failure(f"Data file '{path}' does not exist.")
+    try:
+        data = np.load(path, allow_pickle=False)
+        files = set(data.files)
+    except Exception as error:
+        raise _Failure(f"Could not read --data '{path}' as a .npz file: {error}") from error
+    val = "val" if {"x_val", "y_val"} <= files else "test"
+    missing = {"x_train", "y_train", f"x_{val}", f"y_{val}"} - files
+    if missing:
+        raise _Failure(f"--data '{path}' lacks the arrays {', '.join(sorted(missing))} (it holds "
+                       f"{', '.join(sorted(files)) or 'none'}).")
+    return ((data["x_train"].astype(np.float32), data["y_train"]),
+            (data[f"x_{val}"].astype(np.float32), data[f"y_{val}"]))
+
+
+def _compress(args):
+    from .compression import compress
+
+    train, val = _labelled(args.data)
+    for name in ("train_samples", "val_samples"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise _Failure(f"--{name.replace('_', '-')} must be at least 1; received {value}.")
+    train = tuple(a[:args.train_samples] for a in train)
+    val = tuple(a[:args.val_samples] for a in val)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    model = _load(args.model)
+    result = compress(model, train, val, args.target, cost=args.cost, finetune_epochs=args.epochs,
+                      qat=not args.no_qat, output_dir=args.output, methods=methods,
+                      candidates=args.candidates, multiple_of=args.multiple_of, cache=args.cache,
+                      profile_runs=args.runs, log=lambda line: print(line, file=sys.stderr))
+    print(result)
+    print(f"\nreport: {Path(args.output) / 'report.md'}; int8 model: {result.export.path}")
+
+
 def _demo(args):
     from .demo import run_demo
 
-    result = run_demo(output_dir=args.output, method=args.method,
-                      conv_macs_fraction=args.fraction, finetune_epochs=args.epochs,
-                      runs=args.runs)
+    result = run_demo(output_dir=args.output, target=args.target, finetune_epochs=args.epochs,
+                      qat=not args.no_qat, runs=args.runs)
     print()
     print(result.table)
-    print(f"\noutputs in {result.output_dir}/ (report.json, report.md, .keras and .tflite files); "
-          f"{result.seconds:.0f} s")
+    print(f"\nreport in {result.output_dir}/ (report.md, report.json, plots, .keras and .tflite "
+          f"files); {result.seconds:.0f} s")

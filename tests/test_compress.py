@@ -1,0 +1,163 @@
+"""compress: the one-call pipeline, its report folder, its CLI and its argument errors."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import tflowrank
+from tflowrank import CompressionPlan, compress
+from tflowrank.cli import main
+from tflowrank.tflite_model import inspect_tflite
+
+METHODS = ("spatial", "svd", "output")
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    x = keras.layers.Conv2D(24, 3, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv3")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(4, name="head")(x)
+    return keras.Model(inputs, outputs, name="small")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+@pytest.fixture(scope="module")
+def data(model):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(640, 12, 12, 3)).astype("float32")
+    y = model.predict(x, verbose=0).argmax(-1)  # the model's own labels
+    return (x[:512], y[:512]), (x[512:], y[512:])
+
+
+def _weights(model):
+    return [w.copy() for w in model.get_weights()]
+
+
+@pytest.fixture(scope="module")
+def compressed(model, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compress") / "report"
+    before = _weights(model)
+    lines = []
+    result = compress(model, data[0], data[1], 0.5, finetune_epochs=1, qat=True, output_dir=out,
+                      methods=METHODS, candidates=4, search_samples=128, calibration_samples=64,
+                      batch_size=64, profile_runs=3, log=lines.append, progress=False)
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)  # the user's model is untouched
+    return result, out, lines
+
+
+@pytest.mark.slow
+def test_compress_meets_the_target_and_writes_a_complete_report(compressed, model):
+    result, out, lines = compressed
+    assert result.plan.cost == "macs" and result.plan.factorized
+    assert result.macs <= 0.5 * result.baseline_macs * 1.001
+    assert result.macs == tflowrank.cost(result.model).macs
+    assert result.model is not model
+    names = {p.name for p in out.iterdir()}
+    assert {"report.md", "report.json", "plan.json", "sensitivity.json", "compressed.keras",
+            "model_int8.tflite", "baseline_int8.tflite", "baseline_float32.tflite",
+            "sensitivity.png", "accuracy_vs_macs.png", "ranks.png"} <= names
+    for png in ("sensitivity.png", "accuracy_vs_macs.png", "ranks.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((out / "report.json").read_text())
+    for key in ("plan", "baseline_accuracy", "keras_accuracy", "tflite_accuracy", "int8_bytes",
+                "int8_median_us", "sensitivity", "frontier", "layers", "seconds", "settings"):
+        assert key in report, key
+    assert report["settings"]["qat"] is True and report["settings"]["val_samples"] == 128
+    assert CompressionPlan.load(out / "plan.json") == result.plan
+    assert {c["layer"] for c in report["sensitivity"]["curves"]} == {"conv1", "conv2", "conv3", "head"} & {
+        e.layer for e in result.plan.entries}
+    assert any(p["target"] == 0.5 for p in report["frontier"])
+    text = (out / "report.md").read_text()
+    for part in ("## Result", "## Plan", "top-1 int8 TFLite", "![ranks.png](ranks.png)"):
+        assert part in text
+    for entry in result.plan.factorized:
+        assert f"| {entry.layer} | {entry.method} |" in text
+    info = inspect_tflite((out / "model_int8.tflite").read_bytes())
+    assert info.is_fully_int8
+    assert result.export.size_bytes < result.baseline_float32_bytes
+    assert abs(result.tflite_accuracy - result.keras_accuracy) <= 0.05
+    assert result.profile.inference_median_us > 0 and result.speedup > 0
+    assert any(line.startswith("Compression plan") for line in lines)
+    assert "top-1 int8 TFLite" in str(result)
+
+
+@pytest.mark.slow
+def test_a_second_target_reuses_the_sensitivity_table(compressed, model, data, tmp_path):
+    result, out, _ = compressed
+    table = (out / "sensitivity.json").read_text()
+    other = compress(model, data[0], data[1], 0.7, finetune_epochs=0, qat=False,
+                     output_dir=tmp_path / "again", cache=out / "sensitivity.json", methods=METHODS,
+                     candidates=4, search_samples=128, calibration_samples=64, profile_runs=3,
+                     log=None, progress=False)
+    assert (out / "sensitivity.json").read_text() == table  # not measured again
+    assert other.plan.baseline_score == result.plan.baseline_score
+    assert other.macs <= 0.7 * other.baseline_macs * 1.001 and other.macs > result.macs
+    assert json.loads((tmp_path / "again" / "report.json").read_text())["settings"]["qat"] is False
+
+
+@pytest.mark.slow
+def test_cli_compress_writes_the_report(model, data, tmp_path, capsys):
+    path = tmp_path / "small.keras"
+    model.save(path)
+    (xt, yt), (xv, yv) = data
+    np.savez(tmp_path / "data.npz", x_train=xt, y_train=yt, x_test=xv, y_test=yv)
+    status = main(["compress", str(path), "--data", str(tmp_path / "data.npz"), "--target", "0.6",
+                   "-o", str(tmp_path / "out"), "--epochs", "1", "--no-qat", "--methods", "spatial,svd",
+                   "--candidates", "3", "--runs", "3"])
+    assert status == 0
+    printed = capsys.readouterr()
+    assert "top-1 int8 TFLite" in printed.out and "report:" in printed.out
+    assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "model_int8.tflite").is_file()
+
+
+def test_cli_compress_names_missing_arrays(model, tmp_path, capsys):
+    path = tmp_path / "small.keras"
+    model.save(path)
+    np.savez(tmp_path / "data.npz", x=np.zeros((2, 12, 12, 3)))
+    assert main(["compress", str(path), "--data", str(tmp_path / "data.npz"), "--target", "0.5",
+                 "-o", str(tmp_path / "out")]) == 2
+    assert "lacks the arrays x_test, x_train, y_test, y_train" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"target": 0}, r"`target` .* \(0, 1\]\. Received: target=0"),
+    ({"target": 1.5}, r"Received: target=1\.5"),
+    ({"cost": "joules"}, r"`cost` must be one of .* Received: cost='joules'"),
+    ({"finetune_epochs": -1}, r"`finetune_epochs` must be an integer >= 0\. Received: finetune_epochs=-1"),
+    ({"finetune_epochs": 0}, r"qat=True .* needs finetune_epochs >= 1"),
+    ({"qat": "yes"}, r"`qat` must be True or False\. Received: qat='yes'"),
+    ({"val_data": (np.zeros((0, 12, 12, 3)), np.zeros(0))}, r"`val_data` is empty"),
+    ({"train_data": np.zeros((4, 12, 12, 3))}, r"`train_data` must be a pair \(x, y\)"),
+    ({"export": "model.bin"}, r"`export` must be a \.tflite file name\. Received: export='model.bin'"),
+    ({"learning_rate": 0}, r"`learning_rate` must be a number > 0\. Received: learning_rate=0"),
+    ({"distill": 1}, r"`distill` must be True or False\. Received: distill=1"),
+])
+def test_bad_arguments_are_named(model, data, tmp_path, kwargs, message):
+    args = {"train_data": data[0], "val_data": data[1], "target": 0.5, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=message):
+        compress(model, output_dir=tmp_path / "out", log=None, **args)
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_a_model_with_nothing_to_factorize_is_refused(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.DepthwiseConv2D(3, name="dw")(inputs)
+    outputs = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, outputs)
+    x = np.zeros((8, 8, 8, 3), "float32")
+    y = np.zeros(8, "int64")
+    with pytest.raises(ValueError, match="has no layer that methods=.* can factorize"):
+        compress(model, (x, y), (x, y), 0.5, output_dir=tmp_path / "out", log=None, progress=False)

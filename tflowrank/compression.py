@@ -1,0 +1,493 @@
+"""compress: the one call from a trained Keras model to a profiled int8 TFLite file and a report.
+
+search (per-layer sensitivity, a method and a rank per layer for the budget) -> factorize ->
+batch-norm statistics re-estimated on training inputs -> fine-tune -> quantization-aware training
+(the last fine-tuning epoch) -> int8 export -> Keras and TFLite accuracy on the validation data ->
+host profile -> a report folder. Each stage is a public tflowrank call; this module only chains
+them and records what they measured. The report itself (Markdown, JSON, PNG plots) is written by
+:mod:`tflowrank.compression_report` from plain data.
+"""
+
+import numbers
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["compress", "CompressionResult"]
+
+_BN_BATCHES = 50  # batches of training inputs that re-estimate batch-norm statistics
+_FRONTIER_TARGETS = (0.9, 0.7, 0.5, 0.4, 0.33, 0.25, 0.2, 0.15, 0.125, 0.1)
+# CP is left out of compress's default choice: the sensitivity table is measured before
+# fine-tuning, where CP scores best, but its chains fine-tune and quantize worst (on the Fashion
+# CNN at 3x: a search with CP picked it for every layer and ended 3.1 points below the baseline
+# after the same fine-tuning, 1.4 without it; see docs/benchmarks.md). methods= brings it back.
+DEFAULT_METHODS = ("spatial", "svd", "tucker2", "output")
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """What ``compress`` made and measured.
+
+    ``model``: the compressed Keras model (the quantization-aware one when ``qat``);
+    ``export``: the int8 ``ExportResult``; accuracies are top-1 on the validation data
+    (``baseline_*`` for the input model, its int8 file post-training quantized);
+    ``profile`` / ``baseline_profile``: host ``ProfileResult`` of the two int8 files;
+    ``report``: the report folder; ``seconds``: wall time per stage.
+    """
+
+    plan: object
+    model: object
+    export: object
+    baseline_accuracy: float
+    keras_accuracy: float
+    tflite_accuracy: float
+    baseline_tflite_accuracy: float
+    profile: object
+    baseline_profile: object
+    macs: int
+    baseline_macs: int
+    params: int
+    baseline_params: int
+    baseline_float32_bytes: int
+    baseline_int8_bytes: int
+    report: Path
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def int8_bytes(self):
+        return self.export.size_bytes
+
+    @property
+    def speedup(self):
+        """Median host latency of the baseline's int8 file over the compressed one's."""
+        return _median_us(self.baseline_profile) / _median_us(self.profile)
+
+    def __str__(self):
+        from .compression_report import summary_table
+
+        return summary_table(self.to_dict())
+
+    def to_dict(self):
+        return {
+            "plan": self.plan.to_dict(), "export": str(self.export.path),
+            "baseline_accuracy": self.baseline_accuracy, "keras_accuracy": self.keras_accuracy,
+            "tflite_accuracy": self.tflite_accuracy,
+            "baseline_tflite_accuracy": self.baseline_tflite_accuracy,
+            "macs": self.macs, "baseline_macs": self.baseline_macs, "params": self.params,
+            "baseline_params": self.baseline_params, "int8_bytes": self.int8_bytes,
+            "baseline_int8_bytes": self.baseline_int8_bytes,
+            "baseline_float32_bytes": self.baseline_float32_bytes,
+            "int8_median_us": _median_us(self.profile),
+            "baseline_int8_median_us": _median_us(self.baseline_profile),
+            "report": str(self.report), "seconds": dict(self.seconds),
+        }
+
+
+def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2, qat=True,
+             export="model_int8.tflite", *, output_dir="tflowrank-compress", methods=None,
+             candidates=10, multiple_of=1, cache=None, search_data=None, search_samples=1000,
+             calibration_samples=500, batch_size=128, learning_rate=5e-4, loss=None, distill=False,
+             profile_runs=50, profile_options=None, plan=None, seed=0, log=print, progress=None):
+    """Compress ``model`` to ``target`` of its cost, fine-tune it, export int8 TFLite, report.
+
+    Args:
+        model: a trained, built Keras classifier (one input; logits or probabilities out). It is
+            not modified.
+        train_data: ``(x, y)`` NumPy arrays: fine-tuning, batch-norm re-estimation, int8
+            calibration and the ``"output"`` method's calibration inputs.
+        val_data: ``(x, y)`` NumPy arrays: every accuracy in the result and the report.
+        target: the fraction in (0, 1] of the original ``cost`` to keep.
+        cost: ``"macs"``, ``"params"`` or ``"latency"`` (see ``tflowrank.search``).
+        finetune_epochs: epochs of fine-tuning after factorization (0: none). With ``qat``, the
+            last of them is quantization-aware.
+        qat: train the last fine-tuning epoch with int8 fake quantization
+            (``tflowrank.quantize_aware``) and export with its ranges; False: post-training
+            int8 calibrated on ``calibration_samples`` training inputs.
+        export: the int8 .tflite file; a relative path is inside ``output_dir``.
+        output_dir: the report folder (created if missing): ``report.md``, ``report.json``,
+            ``plan.json``, ``sensitivity.json``, ``compressed.keras``, the baseline's int8 and
+            float32 files and the PNG plots (``sensitivity.png``, ``accuracy_vs_macs.png``,
+            ``ranks.png``; skipped with a note when matplotlib is not installed).
+        methods, candidates, multiple_of: as ``tflowrank.search``; methods None: ``"spatial"``,
+            ``"svd"``, ``"tucker2"``, ``"output"`` (``"cp"`` only when asked for: see
+            ``DEFAULT_METHODS``).
+        cache: the sensitivity table's JSON (default ``output_dir/sensitivity.json``): a second
+            ``compress`` with another target reuses it.
+        search_data: ``(x, y)`` the sensitivities are scored on; default: ``search_samples``
+            training samples drawn with ``seed`` (the validation data stays unseen by every
+            choice).
+        batch_size, learning_rate: fine-tuning (Adam, cosine decay over all epochs).
+        loss: the training loss; None: the model's compiled loss, else sparse categorical
+            cross-entropy (from logits unless the last layer applies a softmax).
+        distill: fine-tune on the input model's outputs too (knowledge distillation; off by
+            default: on the Fashion-MNIST CNN it did not help at 2 epochs, see
+            docs/benchmarks.md; the loss
+            is ``0.1 x`` the label loss plus ``0.9 x T^2 x`` the KL divergence between the
+            input model's and the compressed model's outputs softened by ``T = 4``); the input
+            model's outputs are computed once, on ``train_data``. Needs integer labels or
+            one-hot rows and class scores out (logits or probabilities); ``loss`` is then unused.
+        profile_runs, profile_options: timed runs, and other ``tflowrank.profile`` arguments
+            (``target``, ``threads``, ``benchmark_binary``, ...; default the host, 1 thread).
+        plan: a ``CompressionPlan`` to apply instead of searching (an earlier search's, or one
+            made by hand); ``target`` must then be the plan's and the sensitivity plots are
+            drawn only if ``cache`` holds a table.
+        seed: seeds the search subset and the fine-tuning.
+        log: a callable taking one line per stage (None: silent).
+        progress: the search's progress bar (None: when stderr is a terminal).
+
+    Returns:
+        CompressionResult.
+    """
+    from ._backend import require_tensorflow
+    from .plan import COSTS, CompressionPlan
+    from .rank_search import _check_target
+
+    target = _check_target(target)
+    if cost not in COSTS:
+        raise ValueError(f"`cost` must be one of {', '.join(map(repr, COSTS))}. Received: cost={cost!r}")
+    finetune_epochs = _check_int("finetune_epochs", finetune_epochs, 0)
+    if not isinstance(qat, bool):
+        raise TypeError(f"`qat` must be True or False. Received: qat={qat!r}")
+    if not isinstance(distill, bool):
+        raise TypeError(f"`distill` must be True or False. Received: distill={distill!r}")
+    if qat and finetune_epochs < 1:
+        raise ValueError("qat=True trains the last fine-tuning epoch quantization-aware: it needs "
+                         f"finetune_epochs >= 1 (or qat=False). Received: finetune_epochs={finetune_epochs}")
+    for name, value in (("search_samples", search_samples), ("calibration_samples", calibration_samples),
+                        ("batch_size", batch_size), ("profile_runs", profile_runs)):
+        _check_int(name, value, 1)
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) or learning_rate <= 0:
+        raise ValueError(f"`learning_rate` must be a number > 0. Received: learning_rate={learning_rate!r}")
+    if profile_options is not None and not isinstance(profile_options, dict):
+        raise TypeError("`profile_options` must be a dict of tflowrank.profile arguments. "
+                        f"Received: profile_options={profile_options!r}")
+    if plan is not None and not isinstance(plan, CompressionPlan):
+        raise TypeError(f"`plan` must be a CompressionPlan or None. Received: plan={plan!r}")
+    x_train, y_train = _arrays("train_data", train_data)
+    x_val, y_val = _arrays("val_data", val_data)
+    log = log or (lambda line: None)
+    methods = DEFAULT_METHODS if methods is None else methods
+    keras, _ = require_tensorflow()
+    from . import graph
+
+    graph.check_model(model)
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"`output_dir` is a file, not a folder. Received: output_dir={str(out)!r}")
+    export_path = Path(export)
+    if export_path.suffix != ".tflite":
+        raise ValueError(f"`export` must be a .tflite file name. Received: export={str(export)!r}")
+    if not export_path.is_absolute():
+        export_path = out / export_path
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "sensitivity.json" if cache is None else Path(cache)
+
+    from .costs import cost as model_cost
+    from .evaluate import evaluate_tflite
+    from .export import export_tflite
+    from .factorization import factorize
+    from .profiling import profile
+    from .rank_search import search
+
+    seconds, started = {}, time.perf_counter()
+    rng = np.random.default_rng(seed)
+    if search_data is None:
+        pick = np.sort(rng.choice(len(x_train), min(search_samples, len(x_train)), replace=False))
+        search_data = (x_train[pick], y_train[pick])
+    calibration = x_train[np.sort(rng.choice(len(x_train), min(calibration_samples, len(x_train)),
+                                             replace=False))]
+    baseline_cost = model_cost(model)
+    baseline_accuracy = _keras_accuracy(model, x_val, y_val)
+    log(f"baseline: {baseline_cost.macs:,} MACs, {baseline_cost.params:,} params, "
+        f"top-1 {baseline_accuracy:.4f} on {len(x_val)} validation samples")
+
+    stage = time.perf_counter()
+    search_args = dict(cost=cost, methods=methods, candidates=candidates, cache=cache,
+                       multiple_of=multiple_of, progress=progress)
+    if cost == "latency" and profile_options:
+        search_args["profile_options"] = profile_options
+    searched = plan is None
+    if searched:
+        plan = search(model, search_data, target, **search_args)
+    elif plan.target != target:
+        raise ValueError(f"`target`={target!r} differs from the target of the `plan` given "
+                         f"({plan.target!r}).")
+    seconds["search"] = time.perf_counter() - stage
+    log(str(plan))
+    frontier = _frontier(model, search_data, search_args, target, plan) if searched else []
+
+    stage = time.perf_counter()
+    keras.utils.set_random_seed(seed)
+    needs_data = "output" in plan.methods
+    compressed = factorize(model, plan, data=calibration if needs_data else None)
+    _reestimate_batch_norm(compressed, x_train, batch_size, rng)
+    seconds["factorize"] = time.perf_counter() - stage
+    after_factorize = _keras_accuracy(compressed, x_val, y_val)
+    compressed_cost = model_cost(compressed)
+    log(f"factorized: {compressed_cost.macs:,} MACs ({compressed_cost.macs / baseline_cost.macs:.3f}), "
+        f"{compressed_cost.params:,} params; top-1 before fine-tuning {after_factorize:.4f}")
+
+    stage = time.perf_counter()
+    loss = _loss(model, loss, keras)
+    targets = y_train
+    if distill and finetune_epochs:
+        from .distillation import distillation_loss, packed_targets
+
+        teacher = np.asarray(model.predict(x_train, batch_size=512, verbose=0))
+        probabilities = _outputs_probabilities(model)
+        targets = packed_targets(y_train, teacher, probabilities)
+        train_loss = distillation_loss(probabilities)
+    else:
+        train_loss = loss
+    float_epochs = finetune_epochs - (1 if qat else 0)
+    history = {}
+    if float_epochs:
+        log(f"fine-tune: {float_epochs} epoch(s) on {len(x_train)} samples"
+            + (" (distilled from the input model)" if distill else ""))
+        history["float"] = _fit(compressed, x_train, targets, float_epochs, batch_size, learning_rate,
+                                train_loss, keras)
+    final = compressed
+    if qat:
+        from .qat import quantize_aware
+
+        log("quantization-aware training: 1 epoch")
+        final = quantize_aware(compressed)
+        history["qat"] = _fit(final, x_train, targets, 1, batch_size,
+                              learning_rate / 5 if float_epochs else learning_rate, train_loss, keras)
+    if finetune_epochs:  # leave the model compiled with a plain loss (a serializable one)
+        final.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+    seconds["fine-tune"] = time.perf_counter() - stage
+    keras_accuracy = _keras_accuracy(final, x_val, y_val)
+
+    stage = time.perf_counter()
+    from ._io import atomic_path
+
+    with atomic_path(out / "compressed.keras") as tmp:
+        final.save(tmp)
+    exported = export_tflite(final, export_path, quantize="int8",
+                             representative_data=None if qat else calibration)
+    base_int8 = export_tflite(model, out / "baseline_int8.tflite", quantize="int8",
+                              representative_data=calibration)
+    base_float = export_tflite(model, out / "baseline_float32.tflite", quantize=None)
+    seconds["export"] = time.perf_counter() - stage
+    log(f"export: {exported}")
+
+    stage = time.perf_counter()
+    tflite_accuracy = evaluate_tflite(exported.path, x_val, y_val)
+    baseline_tflite_accuracy = evaluate_tflite(base_int8.path, x_val, y_val)
+    seconds["evaluate"] = time.perf_counter() - stage
+    stage = time.perf_counter()
+    options = {"threads": 1, "warmup_runs": 5, **(profile_options or {})}
+    options["runs"] = profile_runs
+    base_profile, new_profile = profile([base_int8.path, exported.path], **options)
+    seconds["profile"] = time.perf_counter() - stage
+    seconds["total"] = time.perf_counter() - started
+
+    result = CompressionResult(
+        plan=plan, model=final, export=exported, baseline_accuracy=baseline_accuracy,
+        keras_accuracy=keras_accuracy, tflite_accuracy=tflite_accuracy,
+        baseline_tflite_accuracy=baseline_tflite_accuracy, profile=new_profile,
+        baseline_profile=base_profile, macs=int(compressed_cost.macs),
+        baseline_macs=int(baseline_cost.macs), params=int(compressed_cost.params),
+        baseline_params=int(baseline_cost.params), baseline_float32_bytes=base_float.size_bytes,
+        baseline_int8_bytes=base_int8.size_bytes, report=out, seconds=seconds)
+    from .compression_report import write_report
+
+    details = {
+        "settings": {"target": target, "cost": cost, "finetune_epochs": finetune_epochs, "qat": qat,
+                     "distill": distill,
+                     "methods": [methods] if isinstance(methods, str) else list(methods),
+                     "candidates": candidates,
+                     "multiple_of": multiple_of, "search_samples": len(search_data[0]),
+                     "train_samples": len(x_train), "val_samples": len(x_val),
+                     "calibration_samples": len(calibration), "batch_size": batch_size,
+                     "learning_rate": learning_rate, "seed": seed,
+                     "profile": {k: str(v) for k, v in options.items()}},
+        "model": model.name,
+        "after_factorize_accuracy": after_factorize,
+        "history": history,
+        "sensitivity": _sensitivity(model, cache, plan) if cache.is_file() else None,
+        "frontier": frontier,
+        "layers": [_layer_row(entry) for entry in plan.entries],
+        "profiles": {"baseline": base_profile.to_dict(), "compressed": new_profile.to_dict()},
+        "files": {"int8": str(exported.path), "keras": str(out / "compressed.keras"),
+                  "baseline_int8": str(base_int8.path), "baseline_float32": str(base_float.path),
+                  "plan": str(out / "plan.json"), "sensitivity": str(cache)},
+        "ops": dict(exported.ops),
+    }
+    plan.save(out / "plan.json")
+    notes = write_report(out, {**result.to_dict(), **details})
+    for note in notes:
+        log(note)
+    log(f"report: {out / 'report.md'}")
+    return result
+
+
+# -- arguments -------------------------------------------------------------------------------------
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+    return int(value)
+
+
+def _arrays(name, data):
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(f"`{name}` must be a pair (x, y) of NumPy arrays. Received: {name} of type "
+                         f"{type(data).__name__}")
+    x, y = np.asarray(data[0]), np.asarray(data[1])
+    if len(x) == 0:
+        raise ValueError(f"`{name}` is empty: it holds no sample. Received: x with shape {x.shape}")
+    if len(x) != len(y):
+        raise ValueError(f"`{name}` holds {len(x)} inputs but {len(y)} labels. Received: x with "
+                         f"shape {x.shape}, y with shape {y.shape}")
+    return x.astype(np.float32), y
+
+
+# -- stages ----------------------------------------------------------------------------------------
+
+def _keras_accuracy(model, x, y):
+    outputs = np.asarray(model.predict(x, batch_size=512, verbose=0))
+    y = np.asarray(y)
+    labels = y.argmax(-1) if y.ndim == 2 and y.shape[-1] > 1 else y.reshape(len(y))
+    predicted = (outputs[:, 0] > 0.5).astype(int) if outputs.shape[-1] == 1 else outputs.argmax(-1)
+    return float(np.mean(predicted == labels))
+
+
+def _loss(model, loss, keras):
+    if loss is not None:
+        return loss
+    compiled = getattr(model, "loss", None)
+    if compiled is not None:
+        return compiled
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=not _outputs_probabilities(model))
+
+
+def _outputs_probabilities(model):
+    """Whether the model ends in a softmax (probabilities out) rather than logits."""
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    return getattr(activation, "__name__", "") == "softmax" or type(last).__name__ == "Softmax"
+
+
+def _fit(model, x, y, epochs, batch_size, learning_rate, loss, keras):
+    steps = epochs * -(-len(x) // batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
+    distilled = getattr(loss, "__name__", "") == "distillation"  # packed targets: no accuracy
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss,
+                  metrics=[] if distilled else ["accuracy"])
+    history = model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
+    return {k: [float(v) for v in values] for k, values in history.history.items()}
+
+
+def _reestimate_batch_norm(model, x, batch_size, rng):
+    """Replace every BatchNormalization's moving statistics by their average over a few batches
+    of training inputs seen through the factorized model (a factorized layer's outputs differ
+    from the original's, and the statistics after it were the original's). The forward passes
+    run in training mode, as a fine-tuning step would, without any gradient step."""
+    import keras
+
+    from .graph import layer_calls
+
+    norms = list({id(call.layer): call.layer for call in layer_calls(model)
+                  if isinstance(call.layer, keras.layers.BatchNormalization)}.values())
+    if not norms:
+        return
+    saved = [layer.momentum for layer in norms]
+    order = rng.permutation(len(x))
+    try:
+        for step in range(min(_BN_BATCHES, -(-len(x) // batch_size))):
+            for layer in norms:  # a running average: batch i weighs 1/(i+1)
+                layer.momentum = step / (step + 1)
+            model(x[np.sort(order[step * batch_size:(step + 1) * batch_size])], training=True)
+    finally:
+        for layer, momentum in zip(norms, saved):
+            layer.momentum = momentum
+
+
+# -- report data -----------------------------------------------------------------------------------
+
+def _frontier(model, data, search_args, target, plan):
+    """Plans at a sweep of targets from the cached table: predicted score against cost."""
+    import warnings
+
+    from .rank_search import search
+
+    points = []
+    for fraction in sorted(set(_FRONTIER_TARGETS) | {target}, reverse=True):
+        if fraction == target:
+            other = plan
+        else:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    other = search(model, data, fraction, **{**search_args, "progress": False})
+            except ValueError:
+                continue  # below what the measured ranks reach
+        points.append({"target": fraction, "fraction": other.fraction,
+                       "predicted_score": other.predicted_score,
+                       "macs_fraction": _plan_macs_fraction(model, other)})
+    return points
+
+
+def _plan_macs_fraction(model, plan):
+    """The share of the model's MACs a plan keeps (whatever the plan's own cost unit)."""
+    from . import graph
+    from .costs import cost, layer_macs
+    from .methods import factor_class, method_table
+
+    if plan.cost == "macs":
+        return plan.fraction
+    total = cost(model).macs
+    calls = {call.path: call for call in graph.layer_calls(model)}
+    saved = 0
+    for entry in plan.factorized:
+        call = calls[entry.layer]
+        cls = factor_class(method_table(entry.method), call.layer)
+        before = layer_macs(call.layer, call.input_shapes, call.output_shapes)
+        saved += before - cls.macs_for(call.layer, entry.rank, call.input_shape)
+    return (total - saved) / total if total else 1.0
+
+
+def _sensitivity(model, cache, plan):
+    """Per layer and method: the measured scores against the share of the layer's MACs kept."""
+    import json
+
+    from . import graph
+    from .costs import layer_macs
+    from .methods import factor_class, method_table
+
+    table = json.loads(Path(cache).read_text())
+    calls = {call.path: call for call in graph.layer_calls(model)}
+    if not isinstance(table, dict) or not set(table.get("scores", {})) <= set(calls):
+        return None  # a table made for another model
+    chosen = {e.layer: e for e in plan.factorized}
+    curves = []
+    for path, by_method in table["scores"].items():
+        call = calls[path]
+        original = layer_macs(call.layer, call.input_shapes, call.output_shapes)
+        for method, points in by_method.items():
+            cls = factor_class(method_table(method), call.layer)
+            rows = []
+            for rank, score in points:
+                rank = cls.normalize_rank(tuple(rank) if isinstance(rank, list) else rank)
+                rows.append([cls.macs_for(call.layer, rank, call.input_shape) / original, score,
+                             list(rank) if isinstance(rank, tuple) else rank])
+            pick = chosen.get(path)
+            curves.append({"layer": path, "method": method, "points": sorted(rows),
+                           "chosen": pick is not None and pick.method == method})
+    return {"baseline": table["baseline"], "curves": curves}
+
+
+def _layer_row(entry):
+    rank = list(entry.rank) if isinstance(entry.rank, tuple) else entry.rank
+    return {"layer": entry.layer, "method": entry.method, "rank": rank,
+            "cost_before": entry.cost_before, "cost_after": entry.cost_after,
+            "predicted_score": entry.predicted_score}
+
+
+def _median_us(result):
+    value = result.inference_median_us
+    return value if value is not None else result.inference_avg_us
