@@ -203,8 +203,8 @@ def test_bad_arguments(model, data):
         search(model, None, 0.5)
     with pytest.raises(ValueError, match="Received: candidates=1"):
         search(model, data, 0.5, candidates=1)
-    with pytest.raises(NotImplementedError, match="cost='latency'"):
-        search(model, data, 0.5, cost="latency")
+    with pytest.raises(ValueError, match="`profile_options` applies to cost='latency' only"):
+        search(model, data, 0.5, profile_options={"threads": 2})  # cost='latency': test_latency_table
 
 
 def test_unreachable_target(model):

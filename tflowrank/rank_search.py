@@ -31,10 +31,14 @@ _LOWEST_FRACTION, _HIGHEST_FRACTION = 0.04, 0.8  # measured share of a layer's M
 # ranks dominates the search time otherwise; the measured score is then a lower bound of what the
 # fully converged factors give.
 _CP_SWEEPS = 50
+# cost="latency": rounds of measuring the ranks around those a plan chose and choosing again
+# among measured ranks only
+_LATENCY_REFINEMENTS = 3
 
 
 def search(model, data, target, cost="macs", methods=DEFAULT_METHODS, candidates=10, eval_fn=None,
-           cache=None, *, multiple_of=1, max_samples=1000, batch_size=250, progress=None):
+           cache=None, *, multiple_of=1, max_samples=1000, batch_size=250, progress=None,
+           latency_cache=None, latency_dtype=None, profile_options=None):
     """Choose a method and a rank per layer so that ``model`` keeps ``target`` of its cost.
 
     Args:
@@ -44,7 +48,8 @@ def search(model, data, target, cost="macs", methods=DEFAULT_METHODS, candidates
             given (then ``data`` may be None, or inputs alone, unless ``"output"`` is in
             ``methods``, which fits on the first 256 inputs).
         target: the fraction in (0, 1] of the original cost the compressed model may keep.
-        cost: ``"macs"`` (per sample), ``"params"`` or ``"latency"``.
+        cost: ``"macs"`` (per sample), ``"params"`` or ``"latency"`` (microseconds per inference
+            at batch size 1 on the profiling target; see below).
         methods: the factorization methods to choose from (see ``tflowrank.factorize``).
         candidates: ranks measured per layer and method (from 4% to 80% of the layer's MACs,
             geometrically spaced); the curve is interpolated between them.
@@ -56,6 +61,30 @@ def search(model, data, target, cost="macs", methods=DEFAULT_METHODS, candidates
         multiple_of: every rank in the plan is a multiple of it (or the full rank).
         max_samples, batch_size: the bounded evaluation set, and its batch size.
         progress: a progress line on stderr; None shows it when stderr is a terminal.
+        latency_cache: ``cost="latency"``: the JSON file of the latency table (a table of this
+            machine and target, reused across models and searches); None: beside ``cache``
+            (``<cache stem>.latency.json``) when ``cache`` is given, else kept in memory for the
+            life of the process.
+        latency_dtype: ``cost="latency"``: how the timed models are exported, ``"int8"`` (the
+            default: full integer, as ``export_tflite(quantize="int8")``) or ``"float32"``.
+        profile_options: ``cost="latency"``: ``tflowrank.profile`` arguments for the timing
+            (``target`` ``"host"`` or ``"android"``, ``threads`` (1), ``runs`` (100),
+            ``warmup_runs`` (10), ``benchmark_binary``, ``serial``, ``xnnpack``, ``gpu``,
+            ``nnapi``, ``cpu_mask``, ``timeout``).
+
+    With ``cost="latency"`` the whole model is exported and timed once, and so is each candidate
+    layer alone (a one-layer model of its input shape) and each replacing chain alone at a few
+    ranks: for each method, at most 4 of the ranks whose sensitivity is measured and the largest
+    rank that saves MACs (``tflowrank.latency_table``). A first plan, with the latency of the
+    other ranks interpolated linearly in MACs between those, only says where to look (runtimes
+    step with channel counts, so the interpolation is rough): the ranks around each rank it
+    chose (from 0.8 to 1.25 times its MACs) are measured and the plan is chosen again among
+    measured ranks only, up to 3 rounds, so every cost in the plan is a measured one. The plan's
+    total is the whole model's latency, minus the candidate layers' own, plus their chosen
+    chains': it assumes the chains add up as they run alone. Rank steps are coarser in latency
+    than in MACs: a small model may land a few percent under the target (with a warning).
+    Conversions run in a child process; every measurement is kept in the latency table, so a
+    second search of the same layers converts nothing.
 
     Returns:
         CompressionPlan: ``tflowrank.factorize(model, plan, data=...)`` applies it.
@@ -73,10 +102,7 @@ def search(model, data, target, cost="macs", methods=DEFAULT_METHODS, candidates
     batch_size = _check_count("batch_size", batch_size, 1)
     if eval_fn is not None and not callable(eval_fn):
         raise TypeError(f"`eval_fn` must be a callable model -> float. Received: eval_fn={eval_fn!r}")
-    if cost == "latency":
-        raise NotImplementedError(
-            "cost='latency' is not implemented yet: per-layer host latency tables are planned. "
-            "Use cost='macs' or cost='params'. Received: cost='latency'")
+    latency_table = _latency_table(cost, cache, latency_cache, latency_dtype, profile_options)
     require_tensorflow()
     from . import graph
 
@@ -93,6 +119,29 @@ def search(model, data, target, cost="macs", methods=DEFAULT_METHODS, candidates
         table["fingerprint"] = key
         if cache is not None:
             _write_cache(cache, table)
+    latency = None
+    if latency_table is not None:
+        from .latency_table import layer_latencies
+
+        chains = []
+        for site in sites:
+            by_class = {}
+            for cls, measured in site.methods.values():
+                by_class.setdefault(cls, []).extend(measured)  # "svd" and "output": one chain
+            chains.append((site.call, by_class))
+        show = sys.stderr.isatty() if progress is None else bool(progress)
+        latency = layer_latencies(latency_table, model, chains, x, show)
+        with warnings.catch_warnings():  # where to look: chains interpolated between a few ranks
+            warnings.simplefilter("ignore")
+            plan = _plan(model, sites, table, target, cost, multiple_of, latency)
+        by_path = {site.path: site for site in sites}
+        for round_ in range(_LATENCY_REFINEMENTS):  # measure around the chosen ranks, choose again
+            chosen = [(by_path[e.layer].call, by_path[e.layer].methods[e.method][0], e.rank)
+                      for e in plan.factorized]
+            if not latency.refine(latency_table, chosen, multiple_of, show) and round_:
+                break
+            plan = _plan(model, sites, table, target, cost, multiple_of, latency.measured())
+        return plan
     return _plan(model, sites, table, target, cost, multiple_of)
 
 
@@ -118,6 +167,28 @@ def _check_methods(methods):
         raise ValueError(f"Unknown factorization method(s) {', '.join(map(repr, unknown))}: expected "
                          f"names from {', '.join(map(repr, METHOD_NAMES))}. Received: methods={methods!r}")
     return tuple(dict.fromkeys(methods))
+
+
+def _latency_table(cost, cache, latency_cache, latency_dtype, profile_options):
+    """The ``LatencyTable`` for ``cost="latency"`` (None otherwise, where its arguments are refused)."""
+    from pathlib import Path
+
+    given = {"latency_cache": latency_cache, "latency_dtype": latency_dtype,
+             "profile_options": profile_options}
+    if cost != "latency":
+        for name, value in given.items():
+            if value is not None:
+                raise ValueError(f"`{name}` applies to cost='latency' only. Received: {name}={value!r} "
+                                 f"with cost={cost!r}")
+        return None
+    from .latency_table import LatencyTable
+
+    if latency_cache is None and cache is not None:
+        from ._io import output_path
+
+        latency_cache = Path(output_path(cache, "cache")).with_suffix(".latency.json")
+    return LatencyTable(latency_cache, "int8" if latency_dtype is None else latency_dtype,
+                        profile_options)
 
 
 def _check_count(name, value, minimum):
@@ -424,10 +495,12 @@ def _write_cache(cache, table):
 
 # -- choosing ---------------------------------------------------------------------------------------
 
-def _layer_cost(kind, call, cls=None, rank=None):
+def _layer_cost(kind, call, cls=None, rank=None, latency=None):
     from .costs import layer_macs
 
     layer = call.layer
+    if kind == "latency":
+        return latency.original(call.path) if cls is None else latency.chain(call, cls, rank)
     if kind == "macs":
         if cls is None:
             return layer_macs(layer, call.input_shapes, call.output_shapes)
@@ -437,30 +510,38 @@ def _layer_cost(kind, call, cls=None, rank=None):
     return cls.params_for(layer, rank, call.input_shape[-1])
 
 
-def _plan(model, sites, table, target, kind, multiple_of):
+def _plan(model, sites, table, target, kind, multiple_of, latency=None):
+    """The plan for ``target``; with ``kind="latency"`` the scores are read against MACs and the
+    costs come from ``latency`` (``LayerLatencies``)."""
     from .costs import cost
     from .plan import CompressionPlan, PlanEntry
     from .selection import Option, interpolate, monotone_fit, select
 
-    total = cost(model).macs if kind == "macs" else model.count_params()
+    if kind == "latency":
+        total = latency.total
+    else:
+        total = cost(model).macs if kind == "macs" else model.count_params()
+    axis = "macs" if kind == "latency" else kind  # what a score curve is read against
     baseline = float(table["baseline"])
     layers = []
     for site in sites:
         call = site.call
-        original = _layer_cost(kind, call)
+        original = _layer_cost(kind, call, latency=latency)
         options = []
         for method, (cls, _) in site.methods.items():
             points = table["scores"].get(site.path, {}).get(method)
             if not points:
                 continue
             measured = [(cls.normalize_rank(tuple(r) if isinstance(r, list) else r), s) for r, s in points]
-            fit_costs, fitted = monotone_fit([_layer_cost(kind, call, cls, r) for r, _ in measured],
+            fit_costs, fitted = monotone_fit([_layer_cost(axis, call, cls, r) for r, _ in measured],
                                              [s for _, s in measured])
             full = cls.full_rank_of(call.layer, call.input_shape[-1])
             ranks_ = list(dict.fromkeys(ranks.round_rank(r, multiple_of, full)
                                         for r in cls.rank_candidates(call.layer, call.input_shape[-1])))
-            costs_ = [_layer_cost(kind, call, cls, r) for r in ranks_]
-            predicted = interpolate(fit_costs, fitted, costs_, original, baseline)
+            axis_costs = [_layer_cost(axis, call, cls, r) for r in ranks_]
+            predicted = interpolate(fit_costs, fitted, axis_costs, _layer_cost(axis, call), baseline)
+            costs_ = axis_costs if axis == kind else [
+                _layer_cost(kind, call, cls, r, latency) for r in ranks_]
             for rank, cost_, score in zip(ranks_, costs_, predicted):
                 if not math.isnan(score) and cost_ < original:
                     options.append(Option(method, rank, float(cost_), max(baseline - float(score), 0.0)))
