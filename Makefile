@@ -12,7 +12,7 @@ DEMO_OUT ?= demo_output
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,micro,tfmot]"
+	$(PY) -m pip install --quiet -e ".[dev,micro,tfmot,plot]"
 	touch $(STAMP)
 
 demo: $(STAMP)
