@@ -144,3 +144,16 @@ def blas_threads():
             if function is not None:
                 return int(function())
     return None
+
+
+def interleaved_medians(paths, repeats, runs):
+    """``{key: [median of each repeat]}`` of ``{key: .tflite path}``, every path once per round
+    (so a disturbance spreads over all of them), host LiteRT, 1 thread."""
+    import tflowrank
+
+    medians = {key: [] for key in paths}
+    for _ in range(repeats):
+        for key, path in paths.items():
+            (result,) = tflowrank.profile(path, threads=1, runs=runs, warmup_runs=20)
+            medians[key].append(result.inference_median_us)
+    return medians

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from _common import command_line, environment, format_table, load_average, run_isolated, write_json
+from _common import interleaved_medians as measure
 
 import tflowrank
 
@@ -77,16 +78,6 @@ def plan_and_export(folder, targets, test_images):
     out["top1_int8"] = {key: tflowrank.evaluate_tflite(path, x_eval, y_eval)
                         for key, path in out["files"].items()}
     return out
-
-
-def measure(paths, repeats, runs):
-    """``{key: [median of each repeat]}``, every path once per round."""
-    medians = {key: [] for key in paths}
-    for _ in range(repeats):
-        for key, path in paths.items():
-            (result,) = tflowrank.profile(path, threads=1, runs=runs, warmup_runs=20)
-            medians[key].append(result.inference_median_us)
-    return medians
 
 
 def main(argv=None):

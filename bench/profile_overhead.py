@@ -5,7 +5,8 @@
 
 Models: the demo's baseline (the shipped Fashion-MNIST CNN) and a compressed model (the plan of
 the demo before it ran ``compress``: "spatial" on conv2-conv4 to 40% of the conv MACs; weights
-before fine-tuning, which changes no shape, size, arena or latency), each as float32 and int8 (500 training images for calibration).
+before fine-tuning, which changes no shape, size, arena or latency), each as float32 and int8
+(500 training images for calibration).
 
 1. Runner floor: a one-op model (``x * 2 + 1`` on one float) timed like any other: what one
    ``invoke()`` from Python costs with nothing to compute.
@@ -31,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 from _common import command_line, environment, format_table, load_average, run_isolated, write_json
+from _common import interleaved_medians as measure
 
 import tflowrank
 
@@ -91,16 +93,6 @@ def _single(layer, shape):
     outputs = copy(inputs)
     copy.set_weights(layer.get_weights())
     return keras.Model(inputs, outputs)
-
-
-def measure(paths, repeats, runs):
-    """``{key: [median of each repeat]}``, every path once per round."""
-    medians = {key: [] for key in paths}
-    for _ in range(repeats):
-        for key, path in paths.items():
-            (result,) = tflowrank.profile(path, threads=1, runs=runs, warmup_runs=20)
-            medians[key].append(result.inference_median_us)
-    return medians
 
 
 def spread(values):
