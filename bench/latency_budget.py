@@ -20,17 +20,27 @@ Then this process times the baseline and each compressed int8 model, interleaved
 times, each the median of ``--runs`` invocations after 20 warm-up runs (1 thread). Budget =
 target x measured baseline; the plan's prediction is its ``total_after`` (the search's own
 measurement of the whole model, minus the candidate layers alone, plus their chosen chains alone).
-Top-1: the int8 models on the 10,000 test images.
+Top-1: the Keras and the int8 models on the 10,000 test images (the predicted score is the
+search's, on the first ``--test-images``: the baseline's score minus the sum of the per-layer drops).
 """
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import command_line, environment, format_table, load_average, run_isolated, write_json
+from _common import (
+    busy_cpu_seconds,
+    command_line,
+    environment,
+    format_table,
+    load_average,
+    run_isolated,
+    write_json,
+)
 from _common import interleaved_medians as measure
 
 import tflowrank
@@ -66,18 +76,40 @@ def plan_and_export(folder, targets, test_images):
             continue
         out["plans"][str(target)] = plan.to_dict()
     out["latency_entries"] = len(json.loads((folder / "sensitivity.latency.json").read_text())["entries"])
+    x_eval, y_eval = zoo.prepare_images(x_test), np.asarray(y_test)
+
+    def top1(keras_model):
+        return float(np.mean(keras_model.predict(x_eval, batch_size=500, verbose=0).argmax(-1) == y_eval))
+
     out["files"]["baseline"] = str(tflowrank.export_tflite(
         model, folder / "baseline_int8.tflite", representative_data=calibration).path)
+    out["top1_keras"] = {"baseline": top1(model)}
     for key, plan in out["plans"].items():
         plan = tflowrank.CompressionPlan.from_dict(plan)
         kwargs = {"data": calibration} if "output" in plan.methods else {}  # refused otherwise
         small = tflowrank.factorize(model, plan, **kwargs)
+        out["top1_keras"][key] = top1(small)
         out["files"][key] = str(tflowrank.export_tflite(
             small, folder / f"plan_{key}_int8.tflite", representative_data=calibration).path)
-    x_eval, y_eval = zoo.prepare_images(x_test), np.asarray(y_test)
     out["top1_int8"] = {key: tflowrank.evaluate_tflite(path, x_eval, y_eval)
                         for key, path in out["files"].items()}
     return out
+
+
+class _others:
+    """Cores other processes kept busy during the block (``/proc/stat`` minus this process and
+    its children), as ``[value]`` once the block ends; ``[None]`` where it cannot be told."""
+
+    def __enter__(self):
+        self.value = [None]
+        self.busy, self.own, self.start = busy_cpu_seconds(), sum(os.times()[:4]), time.perf_counter()
+        return self.value
+
+    def __exit__(self, *exc):
+        seconds = time.perf_counter() - self.start
+        if self.busy is not None and seconds > 0:
+            others = busy_cpu_seconds() - self.busy - (sum(os.times()[:4]) - self.own)
+            self.value[0] = round(max(0.0, others / seconds), 3)
 
 
 def main(argv=None):
@@ -106,9 +138,13 @@ def main(argv=None):
               "environment": {**environment(), "load_average_start": load_average()}}
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as folder:
         print("searching, factorizing and exporting (spawned process) ...", flush=True)
-        built = run_isolated(plan_and_export, folder, targets, args.test_images)
+        with _others() as search_others:
+            built = run_isolated(plan_and_export, folder, targets, args.test_images)
         print("timing ...", flush=True)
-        timed = measure(built["files"], args.repeats, args.runs)
+        with _others() as timing_others:
+            timed = measure(built["files"], args.repeats, args.runs)
+    record["environment"]["other_processes_cpu_cores"] = {"search": search_others[0],
+                                                          "timing": timing_others[0]}
     baseline = statistics.median(timed["baseline"])
     for plan in built["plans"].values():
         print(tflowrank.CompressionPlan.from_dict(plan), end="\n\n")
@@ -123,11 +159,13 @@ def main(argv=None):
                      "measured_over_budget": measured / budget,
                      "measured_over_predicted": measured / plan["total_after"],
                      "measured_fraction": measured / baseline,
-                     "predicted_score": plan["predicted_score"], "top1_int8": built["top1_int8"][key],
+                     "predicted_score": plan["predicted_score"], "top1_keras": built["top1_keras"][key],
+                     "top1_int8": built["top1_int8"][key],
                      "layers": [{k: e[k] for k in ("layer", "method", "rank", "cost_before", "cost_after")}
                                 for e in plan["entries"]],
                      "repeats_us": timed[key]})
     record.update(baseline={"measured_us": baseline, "repeats_us": timed["baseline"],
+                            "top1_keras": built["top1_keras"]["baseline"],
                             "top1_int8": built["top1_int8"]["baseline"]},
                   rows=rows, searches=built["searches"], plans=built["plans"],
                   same_plan_from_cache=built.get("same_plan_from_cache"),
@@ -140,20 +178,26 @@ def main(argv=None):
 
 def report(record):
     base = record["baseline"]
-    lines = [["baseline", "-", f"{record['rows'][0]['predicted_baseline_us']:.1f}" if record["rows"] else "-",
-              f"{base['measured_us']:.1f}", "-", "-", "-", f"{base['top1_int8']:.4f}", "-"]]
-    for row in record["rows"]:
+    rows, plans = record["rows"], list(record["plans"].values())
+    lines = [["baseline", "-", f"{rows[0]['predicted_baseline_us']:.1f}" if rows else "-",
+              f"{base['measured_us']:.1f}", "-", "-", "-",
+              f"{plans[0]['baseline_score']:.4f}" if plans else "-",
+              f"{base['top1_keras']:.4f}", f"{base['top1_int8']:.4f}", "-"]]
+    for row in rows:
         plan = ", ".join(f"{e['layer']} {e['method']} {e['rank']}" for e in row["layers"] if e["method"])
         lines.append([f"target {row['target']:g}", f"{row['budget_us']:.1f}", f"{row['predicted_us']:.1f}",
                       f"{row['measured_us']:.1f}", f"{row['measured_over_budget']:.3f}",
                       f"{row['measured_over_predicted']:.3f}", f"{row['measured_fraction']:.3f}",
+                      f"{row['predicted_score']:.4f}", f"{row['top1_keras']:.4f}",
                       f"{row['top1_int8']:.4f}", plan])
     text = format_table(["int8 model", "budget us", "predicted us", "measured us", "measured/budget",
-                         "measured/predicted", "kept", "top-1 int8", "plan"], lines)
+                         "measured/predicted", "kept", "predicted score", "top-1 Keras", "top-1 int8",
+                         "plan"], lines)
     searches = [[f"{s['target']:g}", s["caches"], f"{s['seconds']:.1f}"] for s in record["searches"]]
     text += "\n\nsearch time:\n" + format_table(["target", "caches", "seconds"], searches)
     text += (f"\nsame plan from the caches: {record['same_plan_from_cache']}; "
-             f"latency table entries: {record['latency_entries']}")
+             f"latency table entries: {record['latency_entries']}; other processes' cores while "
+             f"searching / timing: {record['environment']['other_processes_cpu_cores']}")
     return text
 
 
