@@ -16,8 +16,11 @@ measures the sensitivity table and the latency table; later ones reuse both, mea
 ranks around their choices), then the first
 target again (everything cached: the plan must be identical). The time of each is reported.
 
-Then this process times the baseline and each compressed int8 model, interleaved, ``--repeats``
-times, each the median of ``--runs`` invocations after 20 warm-up runs (1 thread). Budget =
+Then the baseline and each compressed int8 model are timed ``--repeats`` times, each repeat in a
+fresh spawned process timing every model once (order reversed every other repeat), each the
+median of ``--runs`` invocations after 20 warm-up runs (1 thread); reported: the median over
+repeats. One process is not enough: on this host the same .tflite files time up to 15% apart
+from one process to another, and their ratios up to 10% (memory placement, presumably). Budget =
 target x measured baseline; the plan's prediction is its ``total_after`` (the search's own
 measurement of the whole model, minus the candidate layers alone, plus their chosen chains alone).
 Top-1: the Keras and the int8 models on the 10,000 test images (the predicted score is the
@@ -41,7 +44,6 @@ from _common import (
     run_isolated,
     write_json,
 )
-from _common import interleaved_medians as measure
 
 import tflowrank
 
@@ -110,6 +112,24 @@ class _others:
         if self.busy is not None and seconds > 0:
             others = busy_cpu_seconds() - self.busy - (sum(os.times()[:4]) - self.own)
             self.value[0] = round(max(0.0, others / seconds), 3)
+
+
+def measure(paths, repeats, runs):
+    """``{key: [median of each repeat]}``: each repeat in a fresh spawned process timing every
+    path once, the order reversed every other repeat (not ``_common.interleaved_medians``, which
+    times in this one process: see the module docstring)."""
+    medians = {key: [] for key in paths}
+    for index in range(repeats):
+        keys = list(paths) if index % 2 == 0 else list(reversed(paths))
+        for key, value in run_isolated(time_once, {k: paths[k] for k in keys}, runs).items():
+            medians[key].append(value)
+    return medians
+
+
+def time_once(paths, runs):
+    """``{key: median of runs invocations}`` in this process (host LiteRT, 1 thread, 20 warm-up)."""
+    return {key: tflowrank.profile(path, threads=1, runs=runs, warmup_runs=20)[0].inference_median_us
+            for key, path in paths.items()}
 
 
 def main(argv=None):

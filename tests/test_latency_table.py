@@ -2,8 +2,7 @@
 
 import json
 import re
-import time
-from dataclasses import dataclass
+import warnings
 
 import keras
 import numpy as np
@@ -30,12 +29,6 @@ def small():
 
 # -- the table, with a stand-in converter and timer ----------------------------------------------
 
-@dataclass
-class _Timed:
-    inference_median_us: float
-    inference_avg_us: float = None
-
-
 @pytest.fixture
 def fake(monkeypatch):
     """Conversions counted (no TensorFlow converter): each 'model' file holds the latency the
@@ -49,11 +42,11 @@ def fake(monkeypatch):
             us = 10.0 + (sum(rank) if isinstance(rank, list) else rank)
             (folder / job["file"]).write_text(str(us))
 
-    def profile(paths, **options):
-        return [_Timed(float(open(p).read())) for p in paths]
+    def time_round(paths, options, folder):
+        return [float(open(p).read()) for p in paths]
 
     monkeypatch.setattr(latency_table, "_run_worker", run_worker)
-    monkeypatch.setattr("tflowrank.profiling.profile", profile)
+    monkeypatch.setattr(latency_table, "_time_round", time_round)
     return batches
 
 
@@ -71,7 +64,7 @@ def test_second_lookup_converts_nothing_and_the_file_round_trips(small, fake, tm
     data = json.loads(path.read_text())
     assert data["format"] == 1 and len(data["entries"]) == 2
     entry = next(e for e in data["entries"].values() if "SpatialConv2D" in e["what"])
-    assert entry["us"] == 13.0 and entry["dtype"] == "int8" and len(entry["rounds_us"]) == 3
+    assert entry["us"] == 13.0 and entry["dtype"] == "int8" and len(entry["rounds_us"]) == latency_table._ROUNDS
     # a third chain is added to the file, the others kept
     LatencyTable(path).lookup([Chain(call.layer, call.input_shape, SVDConv2D, 2)])
     assert fake == [2, 1] and len(json.loads(path.read_text())["entries"]) == 3
@@ -183,20 +176,24 @@ def latency_search(tmp_path_factory):
     x = np.random.default_rng(0).normal(size=(64, 12, 12, 16)).astype("float32")
     data = (x, model.predict(x, verbose=0).argmax(-1))
     folder = tmp_path_factory.mktemp("latency")
-    started = time.perf_counter()
-    plan = search(model, data, 0.6, cost="latency", methods=("svd",), candidates=3,
-                  cache=folder / "sensitivity.json", progress=False)
-    return model, data, folder, plan, time.perf_counter() - started
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = search(model, data, 0.6, cost="latency", methods=("svd",), candidates=3,
+                      cache=folder / "sensitivity.json", progress=False)
+    return model, data, folder, plan, [str(w.message) for w in caught]
 
 
 @pytest.mark.slow
 def test_latency_plan_meets_the_budget(latency_search):
-    model, data, folder, plan, _ = latency_search
+    model, data, folder, plan, caught = latency_search
     assert plan.cost == "latency" and plan.target == 0.6
     # the plan never exceeds the budget of its own measured figures; how far below it lands
-    # depends on the timings (channel-tile steps, a busy machine), so no lower bound here: the
-    # landing is measured by bench/latency_budget.py, not tested
+    # depends on the timings (int8 chains run in steps of 8 channels here, a busy machine), so
+    # no lower bound: within the 3% tolerance, or search says it could not land there (the
+    # landing on a real model is measured by bench/latency_budget.py, not tested)
     assert 0 < plan.total_after <= 0.6 * plan.total_before
+    landed = plan.total_after >= 0.6 * 0.97 * plan.total_before
+    assert landed or any("too coarse to land within 3%" in m for m in caught), (plan, caught)
     assert plan.factorized and all(e.method == "svd" for e in plan.factorized)
     assert all(e.cost_after < e.cost_before for e in plan.factorized)
     # the plan's costs are measured ones, not interpolated
@@ -219,6 +216,7 @@ def test_latency_cache_gives_the_same_plan_without_converting(latency_search, mo
         raise AssertionError("the latency table was not reused")
 
     monkeypatch.setattr(latency_table, "_run_worker", no_conversion)
+    monkeypatch.setattr(latency_table, "_time_round", no_conversion)
     monkeypatch.setattr("tflowrank.export.export_tflite", no_conversion)
     again = search(model, data, 0.6, cost="latency", methods=("svd",), candidates=3,
                    cache=folder / "sensitivity.json")

@@ -10,10 +10,13 @@ and timed with ``tflowrank.profile`` on the chosen target. The whole model is a 
 exported as ``export_tflite`` exports it by default.
 
 The TFLite converter leaks about 20 MB per ``convert()`` (TF 2.21), so the chains are converted
-in a child process (``python -m tflowrank.latency_table SPEC``, at most ``_JOBS_PER_WORKER`` per
-child) that writes .tflite files into a temporary folder; this process times them, every file
-once per round, ``_ROUNDS`` rounds, each the median of ``runs`` invocations; an entry is the
-median of its rounds.
+in a child process (``python -m tflowrank.latency_table convert SPEC``, at most
+``_JOBS_PER_WORKER`` per child) that writes .tflite files into a temporary folder. They are timed
+in ``_ROUNDS`` rounds, every file once per round, each round in a fresh child process
+(``... time SPEC``, LiteRT without TensorFlow): on the development host the same .tflite files
+time up to 15% apart from one process to another (and their ratios up to 10%), which a median
+over processes evens out. An entry is the median over its rounds of the median of ``runs``
+invocations.
 
 ``LatencyTable`` keys each entry by its content: the layer's class and config (its name left
 out), the input shape, the chain class and rank, the dtype, the profiling settings that change
@@ -47,7 +50,7 @@ __all__ = ["Chain", "WholeModel", "LatencyTable", "LayerLatencies", "layer_laten
 
 DTYPES = ("int8", "float32")
 _FORMAT = 1
-_ROUNDS = 3  # each entry: the median over rounds of the median of `runs` invocations
+_ROUNDS = 5  # each entry: the median over rounds (processes) of the median of `runs` invocations
 _JOBS_PER_WORKER = 40  # conversions per child process (the converter leaks ~20 MB each)
 _CALIBRATION_SAMPLES = 8  # random inputs calibrating a chain's int8 ranges
 _WHOLE_MODEL_SAMPLES = 100
@@ -212,20 +215,16 @@ class LatencyTable:
 
     # -- measuring ------------------------------------------------------------------------------
     def _measure(self, missing, progress):
-        from .profiling import profile
-
         report = _reporter(progress)
         with tempfile.TemporaryDirectory(prefix="tflowrank-latency-") as folder:
             folder = Path(folder)
             files = self._export(list(missing.values()), folder, report)
-            options = {k: v for k, v in self.profile_options.items()}
             rounds = {key: [] for key in missing}
             for index in range(_ROUNDS):
                 report(f"timing {len(files)} models, round {index + 1}/{_ROUNDS}")
-                results = profile([files[key] for key in missing], **options)
-                for key, result in zip(missing, results):
-                    value = result.inference_median_us
-                    rounds[key].append(value if value is not None else result.inference_avg_us)
+                values = _time_round([str(files[key]) for key in missing], self.profile_options, folder)
+                for key, value in zip(missing, values):
+                    rounds[key].append(value)
             report(None)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         settings = self.settings()
@@ -350,8 +349,6 @@ def _reporter(progress):
 
 def _run_worker(jobs, folder, on_done=None):
     """Convert ``jobs`` (``(spec, weights)`` pairs) to .tflite files in ``folder`` in a child."""
-    from .errors import ToolError
-
     folder = Path(folder)
     spec = folder / f"spec{time.monotonic_ns()}.json"
     arrays = {}
@@ -361,11 +358,27 @@ def _run_worker(jobs, folder, on_done=None):
             arrays[f"{index}_{position}"] = value
     np.savez(spec.with_suffix(".npz"), **arrays)
     spec.write_text(json.dumps([job for job, _ in jobs]))
+    _child("convert", spec, "Converting op chains for cost='latency'", on_done)
+
+
+def _time_round(paths, options, folder):
+    """The latency (median of ``runs`` invocations) of each .tflite of ``paths``, timed with
+    ``tflowrank.profile(paths, **options)`` in a fresh child process."""
+    spec = Path(folder) / f"timing{time.monotonic_ns()}.json"
+    spec.write_text(json.dumps({"paths": list(paths), "options": options}, default=str))
+    _child("time", spec, "Timing op chains for cost='latency'")
+    return json.loads(spec.with_suffix(".out.json").read_text())
+
+
+def _child(mode, spec, what, on_done=None):
+    """Run ``python -m tflowrank.latency_table MODE SPEC``; ``ToolError`` with its output if it fails."""
+    from .errors import ToolError
+
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    command = [sys.executable, "-m", "tflowrank.latency_table", str(spec)]
+    command = [sys.executable, "-m", "tflowrank.latency_table", mode, str(spec)]
     log = spec.with_suffix(".log")
     with open(log, "w") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
@@ -379,8 +392,18 @@ def _run_worker(jobs, folder, on_done=None):
         code = process.wait()
     if code != 0:
         tail = "".join(lines[-10:]) + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise ToolError(f"Converting op chains for cost='latency' failed (exit code {code}).",
-                        command, tail)
+        raise ToolError(f"{what} failed (exit code {code}).", command, tail)
+
+
+def _timer(spec):
+    """The child that times: ``{"paths": [...], "options": {...}}`` -> ``<spec>.out.json``."""
+    from tflowrank.profiling import profile
+
+    spec = Path(spec)
+    task = json.loads(spec.read_text())
+    values = [r.inference_median_us if r.inference_median_us is not None else r.inference_avg_us
+              for r in profile(task["paths"], **task["options"])]
+    spec.with_suffix(".out.json").write_text(json.dumps(values))
 
 
 def _worker(spec):
@@ -551,4 +574,4 @@ def layer_latencies(table, model, layers, representative_data=None, progress=Fal
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1])
+    {"convert": _worker, "time": _timer}[sys.argv[1]](sys.argv[2])
