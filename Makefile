@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/tflowrank demo -o $(DEMO_OUT)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
