@@ -126,6 +126,41 @@ def test_cli_compress_writes_the_report(model, data, tmp_path, capsys):
     assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "model_int8.tflite").is_file()
 
 
+@pytest.mark.slow
+def test_compress_in_latency_plans_on_measured_latencies(model, data, tmp_path, monkeypatch):
+    """cost="latency" end to end, with a stand-in converter and timer for the latency table: the
+    whole model 'takes' 1000 us, each candidate layer 100 us, a chain 20 us + its rank."""
+    from tflowrank import latency_table
+
+    def run_worker(jobs, folder, on_done=None):  # chains: a text file holding their latency
+        for job, _ in jobs:
+            rank = job["layer"]["config"].get("rank")
+            us = 100.0 if rank is None else 20.0 + (sum(rank) if isinstance(rank, list) else rank)
+            (folder / job["file"]).write_text(str(us))
+
+    def time_round(paths, options, folder):  # the whole model is a real .tflite, exported here
+        return [1000.0 if open(p, "rb").read(8)[4:] == b"TFL3" else float(open(p).read())
+                for p in paths]
+
+    monkeypatch.setattr(latency_table, "_run_worker", run_worker)
+    monkeypatch.setattr(latency_table, "_time_round", time_round)
+    out = tmp_path / "latency"
+    result = compress(model, data[0], data[1], 0.8, cost="latency", finetune_epochs=1, qat=False,
+                      output_dir=out, methods=("spatial", "svd"), candidates=3, search_samples=128,
+                      calibration_samples=64, batch_size=64, profile_runs=3, log=None, progress=False)
+    plan = result.plan
+    assert plan.cost == "latency" and plan.total_before == 1000.0 and plan.factorized
+    assert plan.total_after <= 800.0
+    for entry in plan.factorized:  # the stand-in's figures, not MACs
+        rank = sum(entry.rank) if isinstance(entry.rank, tuple) else entry.rank
+        assert entry.cost_before == 100.0 and entry.cost_after == 20.0 + rank
+    assert (out / "sensitivity.latency.json").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["frontier"] == []  # other targets would time new chains: not in the report
+    assert CompressionPlan.load(out / "plan.json") == plan
+    assert result.macs < result.baseline_macs and result.profile.inference_median_us > 0
+
+
 def test_cli_compress_names_missing_arrays(model, tmp_path, capsys):
     path = tmp_path / "small.keras"
     model.save(path)
