@@ -199,3 +199,12 @@ def test_a_model_with_nothing_to_factorize_is_refused(tmp_path):
     y = np.zeros(8, "int64")
     with pytest.raises(ValueError, match="has no layer that methods=.* can factorize"):
         compress(model, (x, y), (x, y), 0.5, output_dir=tmp_path / "out", log=None, progress=False)
+
+
+def test_cli_help_states_the_default_methods(capsys):
+    from tflowrank.compression import DEFAULT_METHODS
+
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: " + ",".join(DEFAULT_METHODS) + ";" in text and "cp only when named" in text

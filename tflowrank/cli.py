@@ -133,7 +133,8 @@ def _parser():
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
     p.add_argument("--no-qat", action="store_true",
                    help="post-training int8 instead of a quantization-aware last epoch")
-    p.add_argument("--methods", help="comma-separated (default: spatial,svd,tucker2,cp,output)")
+    p.add_argument("--methods", help="comma-separated (default: spatial,svd,tucker2,output; "
+                                     "cp only when named)")
     p.add_argument("--candidates", type=int, default=10, help="ranks measured per layer and method")
     p.add_argument("--multiple-of", type=int, default=1, help="round ranks to a multiple")
     p.add_argument("--cache", help="sensitivity table JSON (default: OUTPUT/sensitivity.json)")
