@@ -2,6 +2,7 @@
 
     python bench/auto.py            # full data: budgets 3x, 5x, 8x fewer MACs
     python bench/auto.py --quick    # smoke test: 4,096 training / 1,000 test images, 3x, 1 epoch
+    python bench/auto.py --latency 0.5    # also compress to half the host int8 latency
 
 The starting point is the trained CNN shipped with tflowrank (92.5% top-1, full data). Every row
 runs in a fresh spawned process with the same seed and the same pipeline (``compress``:
@@ -19,8 +20,12 @@ is factorized:
 - ``search: <method>`` (3x only): the search restricted to one method (data-free ``svd`` and
   data-driven ``output`` make the same op chain);
 - ``PTQ only``: the baseline, post-training int8 (no factorization);
+- ``uniform spatial, no refit`` (3x only): the plain baseline, its factors as decomposed
+  (``refit=False``: no least-squares refit of the last factors to the model's responses);
 - ``tfmot pruning`` (3x only, needs the ``tfmot`` extra): magnitude pruning to the parameter
-  count of the ``tflowrank`` row, the same epochs, int8 (``bench/_pruning.py``).
+  count of the ``tflowrank`` row, the same epochs, int8 (``bench/_pruning.py``);
+- ``latency F tflowrank`` (with ``--latency F``): ``compress(cost="latency")`` to F of the
+  baseline's host int8 latency (its latency table measured on this host).
 
 The table has Keras and int8 top-1, the int8 gap to the float32 baseline, MACs, parameters,
 the int8 file (and how many times smaller than the float32 baseline's), host int8 latency
@@ -90,7 +95,7 @@ def uniform_plan(model, method, target, layers=UNIFORM_LAYERS):
 
 
 def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epochs, qat, runs,
-                  distill=False):
+                  distill=False, refit=True, cost="macs"):
     """One ``compress`` run in this (spawned) process; returns its figures."""
     import keras
     from _pruning import gzip_size
@@ -103,12 +108,12 @@ def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epoch
     plan = uniform_plan(model, plan_kind, target) if plan_kind else None
     out = Path(folder) / label.replace(" ", "_").replace(":", "")
     started = time.perf_counter()
-    result = compress(model, train, test, target, finetune_epochs=epochs, qat=qat, output_dir=out,
-                      methods=methods, cache=cache, plan=plan, profile_runs=runs, distill=distill,
-                      log=None, progress=False)
+    result = compress(model, train, test, target, cost=cost, finetune_epochs=epochs, qat=qat,
+                      output_dir=out, methods=methods, cache=cache, plan=plan, profile_runs=runs,
+                      distill=distill, refit=refit, log=None, progress=False)
     return {
-        "row": label, "budget": target, "methods": list(methods) if methods else None,
-        "qat": qat, "distill": distill,
+        "row": label, "budget": target, "cost": cost, "methods": list(methods) if methods else None,
+        "qat": qat, "distill": distill, "refit": refit,
         "plan": result.plan.to_dict(), "keras_top1": result.keras_accuracy,
         "int8_top1": result.tflite_accuracy, "baseline_top1": result.baseline_accuracy,
         "baseline_int8_top1": result.baseline_tflite_accuracy, "macs": result.macs,
@@ -152,6 +157,9 @@ def main(argv=None):
                         help="only tflowrank and uniform spatial at each budget")
     parser.add_argument("--no-pruning", action="store_true", help="skip the tfmot pruning row")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per int8 model")
+    parser.add_argument("--latency", type=float, action="append", default=[],
+                        help="also compress to this fraction of the host int8 latency "
+                             "(cost='latency'; repeatable)")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
     budgets = args.budgets.split(",") if args.budgets else (["3x"] if args.quick else list(BUDGETS))
@@ -191,6 +199,8 @@ def main(argv=None):
                     cache, epochs, False, args.runs)["budget_name"] = name
                 run(_compress_row, f"{name} uniform spatial, distilled", target, None, "spatial", None,
                     epochs, True, args.runs, True)["budget_name"] = name
+                run(_compress_row, f"{name} uniform spatial, no refit", target, None, "spatial", None,
+                    epochs, True, args.runs, False, False)["budget_name"] = name
                 for method in singles:
                     try:
                         run(_compress_row, f"{name} search: {method}", target, (method,), None,
@@ -210,6 +220,10 @@ def main(argv=None):
             row = run(_compress_row, "cached search", BUDGETS[budgets[0]], methods, None, cache, 0,
                       False, 5)
             record["cached_search_seconds"] = row["search_seconds"]
+        for fraction in args.latency:  # compress to a host latency budget
+            run(_compress_row, f"latency {fraction:g} tflowrank", fraction, methods, None,
+                str(Path(folder) / "sensitivity_latency.json"), epochs, True, args.runs, False, True,
+                "latency")["budget_name"] = f"latency {fraction:g}"
     record["seconds"] = time.perf_counter() - started
     record["load_average_end"] = load_average()
     write_json(args.json, record)

@@ -79,6 +79,15 @@ def test_compress_meets_the_target_and_writes_a_complete_report(compressed, mode
                 "int8_median_us", "sensitivity", "frontier", "layers", "seconds", "settings"):
         assert key in report, key
     assert report["settings"]["qat"] is True and report["settings"]["val_samples"] == 128
+    assert report["settings"]["refit"] is True
+    refitted = {row["layer"]: row for row in report["refit"]}
+    assert set(refitted) == {entry.layer for entry in result.plan.factorized}
+    for row in refitted.values():
+        if row["applied"]:
+            assert row["error_after"] < row["error_before"]
+            assert any(line.startswith(f"refit {row['layer']}: response error") for line in lines)
+    if any(row["applied"] for row in refitted.values()):
+        assert "Last factors refitted to the input model's responses" in (out / "report.md").read_text()
     assert CompressionPlan.load(out / "plan.json") == result.plan
     assert {c["layer"] for c in report["sensitivity"]["curves"]} == {"conv1", "conv2", "conv3", "head"} & {
         e.layer for e in result.plan.entries}
@@ -101,14 +110,16 @@ def test_compress_meets_the_target_and_writes_a_complete_report(compressed, mode
 def test_a_second_target_reuses_the_sensitivity_table(compressed, model, data, tmp_path):
     result, out, _ = compressed
     table = (out / "sensitivity.json").read_text()
-    other = compress(model, data[0], data[1], 0.7, finetune_epochs=0, qat=False,
+    other = compress(model, data[0], data[1], 0.7, finetune_epochs=0, qat=False, refit=False,
                      output_dir=tmp_path / "again", cache=out / "sensitivity.json", methods=METHODS,
                      candidates=4, search_samples=128, calibration_samples=64, profile_runs=3,
                      log=None, progress=False)
     assert (out / "sensitivity.json").read_text() == table  # not measured again
     assert other.plan.baseline_score == result.plan.baseline_score
     assert other.macs <= 0.7 * other.baseline_macs * 1.001 and other.macs > result.macs
-    assert json.loads((tmp_path / "again" / "report.json").read_text())["settings"]["qat"] is False
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["settings"]["qat"] is False and again["settings"]["refit"] is False
+    assert again["refit"] == []
 
 
 @pytest.mark.slow
@@ -118,12 +129,15 @@ def test_cli_compress_writes_the_report(model, data, tmp_path, capsys):
     (xt, yt), (xv, yv) = data
     np.savez(tmp_path / "data.npz", x_train=xt, y_train=yt, x_test=xv, y_test=yv)
     status = main(["compress", str(path), "--data", str(tmp_path / "data.npz"), "--target", "0.6",
-                   "-o", str(tmp_path / "out"), "--epochs", "1", "--no-qat", "--methods", "spatial,svd",
+                   "-o", str(tmp_path / "out"), "--epochs", "1", "--no-qat", "--no-refit",
+                   "--methods", "spatial,svd",
                    "--candidates", "3", "--runs", "3"])
     assert status == 0
     printed = capsys.readouterr()
     assert "top-1 int8 TFLite" in printed.out and "report:" in printed.out
     assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "model_int8.tflite").is_file()
+    settings = json.loads((tmp_path / "out" / "report.json").read_text())["settings"]
+    assert settings["refit"] is False and settings["qat"] is False
 
 
 @pytest.mark.slow
@@ -182,6 +196,7 @@ def test_cli_compress_names_missing_arrays(model, tmp_path, capsys):
     ({"export": "model.bin"}, r"`export` must be a \.tflite file name\. Received: export='model.bin'"),
     ({"learning_rate": 0}, r"`learning_rate` must be a number > 0\. Received: learning_rate=0"),
     ({"distill": 1}, r"`distill` must be True or False\. Received: distill=1"),
+    ({"refit": "yes"}, r"`refit` must be True or False\. Received: refit='yes'"),
 ])
 def test_bad_arguments_are_named(model, data, tmp_path, kwargs, message):
     args = {"train_data": data[0], "val_data": data[1], "target": 0.5, **kwargs}
@@ -208,3 +223,14 @@ def test_cli_help_states_the_default_methods(capsys):
         main(["compress", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "default: " + ",".join(DEFAULT_METHODS) + ";" in text and "cp only when named" in text
+
+
+def test_the_quantization_aware_epoch_continues_the_cosine_schedule():
+    from tflowrank.compression import _shifted_cosine
+
+    first = _shifted_cosine(keras, 2e-3, 100, 0)
+    second = _shifted_cosine(keras, 2e-3, 100, 50)  # entered half-way: the second of two epochs
+    assert float(first(0)) == pytest.approx(2e-3)
+    assert float(first(50)) == pytest.approx(1e-3) == pytest.approx(float(second(0)))
+    assert float(second(50)) == pytest.approx(0.0, abs=1e-12)
+    assert float(second(80)) == pytest.approx(0.0, abs=1e-12)  # held at 0 beyond the end

@@ -133,6 +133,9 @@ def _parser():
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
     p.add_argument("--no-qat", action="store_true",
                    help="post-training int8 instead of a quantization-aware last epoch")
+    p.add_argument("--no-refit", action="store_true",
+                   help="keep the factorized layers' last factors as decomposed (no least-squares "
+                        "refit to the model's responses)")
     p.add_argument("--methods", help="comma-separated (default: spatial,svd,tucker2,output; "
                                      "cp only when named)")
     p.add_argument("--candidates", type=int, default=10, help="ranks measured per layer and method")
@@ -372,7 +375,8 @@ def _compress(args):
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     model = _load(args.model)
     result = compress(model, train, val, args.target, cost=args.cost, finetune_epochs=args.epochs,
-                      qat=not args.no_qat, output_dir=args.output, methods=methods,
+                      qat=not args.no_qat, refit=not args.no_refit, output_dir=args.output,
+                      methods=methods,
                       candidates=args.candidates, multiple_of=args.multiple_of, cache=args.cache,
                       profile_runs=args.runs, log=lambda line: print(line, file=sys.stderr))
     print(result)

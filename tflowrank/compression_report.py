@@ -80,6 +80,11 @@ def markdown(data, plots=(), notes=()):
     if "after_factorize_accuracy" in data:
         lines += [f"Top-1 right after factorization (batch-norm statistics re-estimated, before "
                   f"fine-tuning): {data['after_factorize_accuracy']:.4f}.", ""]
+    refitted = [row for row in data.get("refit") or [] if row["applied"]]
+    if refitted:
+        lines += ["Last factors refitted to the input model's responses (relative error before -> "
+                  "after): " + ", ".join(f"{row['layer']} {row['error_before']:.3f} -> "
+                                         f"{row['error_after']:.3f}" for row in refitted) + ".", ""]
     lines += ["## Plan", "", "| layer | method | rank | cost before | cost after | kept | "
               "predicted score |", "|---|---|---|---:|---:|---:|---:|"]
     for row in data.get("layers", []):

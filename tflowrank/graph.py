@@ -10,8 +10,9 @@ import sys
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 
-__all__ = ["LayerCall", "check_model", "layer_calls", "rewrite"]
+__all__ = ["LayerCall", "check_model", "input_probe", "layer_calls", "linear_responses", "rewrite"]
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,22 @@ def rewrite(model, replacements):
     for old, new in copies:
         new.set_weights(old.get_weights())
     return new_model
+
+
+def input_probe(model, name):
+    """A function batch -> the input tensor of layer ``name`` (a top-level layer) in ``model``."""
+    probe = keras.Model(model.inputs[0], model.get_layer(name).input)
+    return lambda batch: probe(batch, training=False)
+
+
+def linear_responses(layer, inputs):
+    """A Conv2D's or Dense's output before its activation (kernel and bias), as a NumPy array."""
+    ops = keras.ops
+    if len(layer.kernel.shape) == 4:
+        y = ops.conv(inputs, layer.kernel, strides=layer.strides, padding=layer.padding,
+                     dilation_rate=layer.dilation_rate)
+    else:
+        y = ops.matmul(inputs, layer.kernel)
+    if layer.use_bias:
+        y = ops.add(y, layer.bias)
+    return np.asarray(ops.convert_to_numpy(y))

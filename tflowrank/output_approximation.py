@@ -34,12 +34,12 @@ def approximate_outputs(model, plan, data, batch_size=64, seed=0):
         kernel = SVDConv2D._numpy(source.kernel)
         bias = SVDConv2D._numpy(source.bias) if source.use_bias else None
         moments = ResponseMoments(kernel.shape[-1])
-        original_inputs = _input_probe(model, name)
-        approximated_inputs = _input_probe(current, name)
+        original_inputs = graph.input_probe(model, name)
+        approximated_inputs = graph.input_probe(current, name)
         for start in range(0, len(data), batch_size):
             batch = data[start : start + batch_size]
-            y = _responses(source, original_inputs(batch))
-            y_hat = _responses(source, approximated_inputs(batch))
+            y = graph.linear_responses(source, original_inputs(batch))
+            y_hat = graph.linear_responses(source, approximated_inputs(batch))
             rows = y.reshape(-1, y.shape[-1])
             keep = slice(None)
             if len(rows) > _MAX_ROWS_PER_BATCH:
@@ -54,22 +54,3 @@ def approximate_outputs(model, plan, data, batch_size=64, seed=0):
         current = graph.rewrite(current, {id(current.get_layer(name)): new})
     return current
 
-
-def _input_probe(model, name):
-    """A function batch -> the input tensor of layer ``name`` (a top-level layer) in ``model``."""
-    import keras
-
-    layer = model.get_layer(name)
-    probe = keras.Model(model.inputs[0], layer.input)
-    return lambda batch: probe(batch, training=False)
-
-
-def _responses(conv, inputs):
-    """The convolution of ``conv`` with its bias, before the activation, as a NumPy array."""
-    from keras import ops
-
-    y = ops.conv(inputs, conv.kernel, strides=conv.strides, padding=conv.padding,
-                 dilation_rate=conv.dilation_rate)
-    if conv.use_bias:
-        y = ops.add(y, conv.bias)
-    return np.asarray(ops.convert_to_numpy(y))

@@ -385,14 +385,15 @@ def _layer_curve(model, call, method, cls, measured, scorer, x, bar):
 
 def _moments(model, layer, x):
     """Second moments of ``layer``'s responses (its own inputs: the layer alone is approximated)."""
+    from . import graph
     from .decompositions import ResponseMoments
-    from .output_approximation import _MAX_ROWS_PER_BATCH, _input_probe, _responses
+    from .output_approximation import _MAX_ROWS_PER_BATCH
 
     rng = np.random.default_rng(0)
     moments = ResponseMoments(int(layer.kernel.shape[-1]))
-    probe = _input_probe(model, layer.name)
+    probe = graph.input_probe(model, layer.name)
     for start in range(0, len(x), 64):
-        rows = _responses(layer, probe(x[start:start + 64]))
+        rows = graph.linear_responses(layer, probe(x[start:start + 64]))
         rows = rows.reshape(-1, rows.shape[-1])
         if len(rows) > _MAX_ROWS_PER_BATCH:
             rows = rows[np.sort(rng.choice(len(rows), _MAX_ROWS_PER_BATCH, replace=False))]

@@ -6,6 +6,7 @@ convolutions and ``(in, out)`` for dense layers.
 
 from .cp import CPFactors, cp_factors
 from .energy import energy_rank
+from .least_squares import NormalEquations
 from .responses import OutputFactors, ResponseMoments, fitted_spectrum, output_factors
 from .svd import (
     SpatialFactors,
@@ -26,6 +27,7 @@ from .vbmf import VBMFResult, evbmf, vbmf_rank, vbmf_ranks_tucker2
 
 __all__ = [
     "CPFactors",
+    "NormalEquations",
     "OutputFactors",
     "ResponseMoments",
     "SVDFactors",

@@ -1,0 +1,154 @@
+"""Data-driven refit of factorized layers' last factors, layer by layer (``refit_last_factors``).
+
+The math is :class:`tflowrank.decompositions.NormalEquations`; here the data is collected. Layers
+are processed in execution order; for each factorized layer, the inputs it sees in the ORIGINAL
+model give the target responses (the original layer, before its activation) and the inputs it sees
+in the compressed model, as refitted so far, go through the chain's earlier factors; the last
+factor is then the least-squares map from those to the targets. So each layer corrects the errors
+of the layers before it, as the data-driven ``"output"`` method does, but keeps the method and
+rank it was factorized with. A layer whose refit would not lower its error is left as it was.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["refit_last_factors", "LayerRefit"]
+
+# rows of the least-squares problem used per batch and layer: bounded in time and memory
+_MAX_ROWS_PER_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class LayerRefit:
+    """One layer's refit: relative response errors before and after, and whether it was applied
+    (``reason`` says why not)."""
+
+    name: str
+    error_before: float
+    error_after: float
+    applied: bool
+    reason: str = ""
+
+
+def refit_last_factors(original, compressed, data, batch_size=64, ridge=1e-3, seed=0):
+    """Return ``(model, rows)``: a copy of ``compressed`` whose factorized layers' last factors
+    (and biases) are refitted to the responses of ``original``'s layers of the same names.
+
+    Args:
+        original: the Keras model before factorization.
+        compressed: ``factorize(original, ...)``'s result (layer names kept); not modified.
+        data: calibration inputs, an array ``(N, *input_shape[1:])``, N >= 1.
+        batch_size: calibration images per forward pass.
+        ridge: relative ridge of the solve (``NormalEquations.solve``).
+        seed: which rows are used when a batch has more than a few thousand positions.
+
+    ``rows``: one ``LayerRefit`` per factorized layer found in ``compressed``, in execution order.
+    """
+    from . import graph
+    from .layers import FactorizedLayer
+
+    data = np.asarray(data)
+    if data.ndim < 2 or len(data) == 0:
+        raise ValueError(f"`data` must be a non-empty batch of inputs. Received: shape {data.shape}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an integer >= 1. Received: batch_size={batch_size!r}")
+    rng = np.random.default_rng(seed)
+    current = graph.rewrite(compressed, {})
+    calls = [call for call in graph.layer_calls(current) if isinstance(call.layer, FactorizedLayer)]
+    times_called = {}
+    for call in calls:
+        times_called[id(call.layer)] = times_called.get(id(call.layer), 0) + 1
+    rows = []
+    for call in calls:
+        layer = call.layer
+        if call.path != layer.name or times_called[id(layer)] > 1:
+            rows.append(LayerRefit(call.path, np.nan, np.nan, False,
+                                   "inside a nested model or called more than once"))
+            continue
+        rows.append(_refit_layer(original, current, call, data, batch_size, ridge, rng))
+    return current, tuple(rows)
+
+
+def _refit_layer(original, current, call, data, batch_size, ridge, rng):
+    import keras
+
+    from . import graph
+    from .decompositions import NormalEquations
+
+    layer, name = call.layer, call.layer.name
+    try:
+        source = original.get_layer(name)
+    except ValueError:
+        return LayerRefit(name, np.nan, np.nan, False, "no layer of this name in the original model")
+    if not hasattr(source, "kernel") or layer.active_rank != layer.rank:
+        return LayerRefit(name, np.nan, np.nan, False, "not a plain layer at its allocated rank")
+    *body, last = layer.steps(call.input_shape)
+    factor_name = layer.factors[-1][0]
+    factor = layer._numpy(getattr(layer, factor_name))
+    if last.kind not in ("conv", "dense") or not np.array_equal(last.kernel.ravel(), factor.ravel()):
+        return LayerRefit(name, np.nan, np.nan, False, "its last step is not its last factor")
+    body_layers = [_plain(step) for step in body]
+    patches = _patches(last)
+    original_inputs = graph.input_probe(original, name)
+    compressed_inputs = graph.input_probe(current, name)
+    kernel = last.kernel.reshape(-1, last.kernel.shape[-1])
+    equations = NormalEquations(kernel.shape[0], kernel.shape[1], bias=layer.bias is not None)
+    for start in range(0, len(data), batch_size):
+        batch = data[start : start + batch_size]
+        y = graph.linear_responses(source, original_inputs(batch))
+        z = compressed_inputs(batch)
+        for plain in body_layers:
+            z = plain(z)
+        p = np.asarray(keras.ops.convert_to_numpy(patches(z)))
+        y, p = y.reshape(-1, y.shape[-1]), p.reshape(-1, kernel.shape[0])
+        keep = slice(None)
+        if len(y) > _MAX_ROWS_PER_BATCH:
+            keep = np.sort(rng.choice(len(y), _MAX_ROWS_PER_BATCH, replace=False))
+        equations.add(p[keep], y[keep])
+    bias = layer._numpy(layer.bias) if layer.bias is not None else None
+    before = equations.error(kernel, bias)
+    weights, new_bias = equations.solve(ridge)
+    after = equations.error(weights, new_bias)
+    if not after < before:
+        return LayerRefit(name, before, after, False, "the refit does not lower the error")
+    getattr(layer, factor_name).assign(weights.reshape(factor.shape).astype(factor.dtype))
+    if new_bias is not None:
+        layer.bias.assign(new_bias.astype(bias.dtype))
+    return LayerRefit(name, before, after, True)
+
+
+def _plain(step):
+    """A function computing one ``interop.Step`` with a plain Keras layer."""
+    import keras
+
+    class_name, config, weights = step.layer_spec()
+    plain = getattr(keras.layers, class_name)(**config)
+    built = []
+
+    def apply(x):
+        if not built:
+            plain.build(tuple(x.shape))
+            if weights:
+                plain.set_weights(weights)
+            built.append(True)
+        return plain(x)
+
+    return apply
+
+
+def _patches(step):
+    """A function ``z -> rows`` for the last step: the inputs its kernel multiplies, one row per
+    output position, in the kernel's ``(kh, kw, cin)`` order (for a convolution, a convolution with
+    an identity kernel of the step's geometry; for a matmul, ``z`` itself)."""
+    from keras import ops
+
+    if step.kind == "dense":
+        return lambda z: z
+    kh, kw, cin, _ = step.kernel.shape
+    if (kh, kw) == (1, 1) and tuple(step.strides) == (1, 1):
+        return lambda z: z
+    identity = np.eye(kh * kw * cin, dtype=np.float32).reshape(kh, kw, cin, kh * kw * cin)
+    return lambda z: ops.conv(z, identity, strides=step.strides, padding=step.padding,
+                              dilation_rate=step.dilation)
+
