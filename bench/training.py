@@ -2,6 +2,7 @@
 
     python bench/training.py            # full data (60,000 training, 10,000 test images)
     python bench/training.py --quick    # smoke test: 4,096 training and 1,000 test images
+    python bench/training.py --rows qat,scheduled    # some rows only (the baseline always runs)
 
 Rows (each in a fresh spawned process; the starting point is the trained CNN shipped with
 tflowrank, the same for every row):
@@ -101,6 +102,9 @@ def _measure(model, name, folder, train, test, qat=False):
 
 
 # -- rows, each run in a spawned process ----------------------------------------------------------
+ROWS = ("baseline", "qat", "factorized", "scheduled")
+
+
 def row_baseline(folder, sizes):
     from tflowrank import zoo
 
@@ -169,8 +173,15 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="4,096 training / 1,000 test images")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--qat-epochs", type=int, default=1)
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help="comma-separated rows to run (default: %(default)s; baseline is "
+                             "always run first)")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.rows.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in ROWS]
+    if unknown:
+        parser.error(f"--rows takes {', '.join(ROWS)}; got {', '.join(unknown)}")
     if args.finetune_epochs < 2 or args.qat_epochs < 1:
         parser.error("--finetune-epochs must be at least 2 (the schedule takes the first) and "
                      f"--qat-epochs at least 1; got {args.finetune_epochs}, {args.qat_epochs}")
@@ -183,10 +194,10 @@ def main(argv=None):
                          "calibration_images": CALIBRATION},
               "rows": []}
     with tempfile.TemporaryDirectory(prefix="bench-training-") as folder:
-        jobs = [(row_baseline, ()), (row_qat, (args.qat_epochs,)),
-                (row_factorized, (args.finetune_epochs,)),
-                (row_scheduled, (args.finetune_epochs, args.qat_epochs))]
-        for function, extra in jobs:
+        jobs = {"baseline": (row_baseline, ()), "qat": (row_qat, (args.qat_epochs,)),
+                "factorized": (row_factorized, (args.finetune_epochs,)),
+                "scheduled": (row_scheduled, (args.finetune_epochs, args.qat_epochs))}
+        for function, extra in (jobs[name] for name in ROWS if name == "baseline" or name in chosen):
             started = time.monotonic()
             print(f"{function.__name__} ...", flush=True)
             row = run_isolated(function, folder, sizes, *extra)
@@ -218,7 +229,9 @@ def table(record):
                       f"{100 * (row['int8_top1'] - base['keras_top1']):+.2f} pts",
                       f"{row['agreement']:.4f}"])
     text = format_table(header, lines)
-    qat = next(r for r in rows if r["row"] == "qat")
+    qat = next((r for r in rows if r["row"] == "qat"), None)
+    if qat is None:
+        return text
     overhead = (sum(qat["epoch_seconds"]) / len(qat["epoch_seconds"])) / qat["plain_epoch_seconds"][0]
     text += (f"\nQAT epoch / plain epoch of the same CNN: {overhead:.2f}x (target < 1.5x)"
              f"\nQAT: int8 vs its Keras model: agreement {qat['agreement']:.4f} (target >= 0.995), "
