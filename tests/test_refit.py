@@ -122,3 +122,9 @@ def test_refit_rejects_empty_data_and_bad_batch_size():
         refit_last_factors(model, compressed, np.zeros((0, 12, 12, 3), "float32"))
     with pytest.raises(ValueError, match="`batch_size` must be an integer >= 1. Received: batch_size=0"):
         refit_last_factors(model, compressed, np.zeros((2, 12, 12, 3), "float32"), batch_size=0)
+
+
+def test_refit_rejects_what_is_not_a_model():
+    model = _model()
+    with pytest.raises(TypeError, match="`original` must be a keras.Model .* Received: original of type str"):
+        refit_last_factors("model.keras", model, np.zeros((2, 12, 12, 3), "float32"))

@@ -48,6 +48,8 @@ def refit_last_factors(original, compressed, data, batch_size=64, ridge=1e-3, se
     from . import graph
     from .layers import FactorizedLayer
 
+    graph.check_model(original, "original")
+    graph.check_model(compressed, "compressed")
     data = np.asarray(data)
     if data.ndim < 2 or len(data) == 0:
         raise ValueError(f"`data` must be a non-empty batch of inputs. Received: shape {data.shape}")
