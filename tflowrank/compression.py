@@ -90,8 +90,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
              export="model_int8.tflite", *, output_dir="tflowrank-compress", methods=None,
              candidates=10, multiple_of=1, cache=None, search_data=None, search_samples=1000,
              calibration_samples=500, refit=True, batch_size=128, learning_rate=2e-3, loss=None,
-             distill=False,
-             profile_runs=50, profile_options=None, plan=None, seed=0, log=print, progress=None):
+             distill=False, profile_runs=50, profile_options=None, plan=None, seed=0, log=print,
+             progress=None):
     """Compress ``model`` to ``target`` of its cost, fine-tune it, export int8 TFLite, report.
 
     Args:
@@ -123,8 +123,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         refit: after factorizing, refit each factorized layer's last factor by least squares to
             the input model's responses on the ``calibration_samples`` inputs, layer by layer
             (``tflowrank.refit.refit_last_factors``: each layer corrects the errors of those
-            before it); measured on the Fashion-MNIST CNN: +0.26 points after fine-tuning, see
-            docs/benchmarks.md.
+            before it); on the Fashion-MNIST CNN it was worth +0.23 points after fine-tuning
+            (the uniform 3x split, docs/benchmarks.md).
         batch_size, learning_rate: fine-tuning (Adam; one cosine decay of ``learning_rate`` to 0
             over all the epochs, the quantization-aware one included).
         loss: the training loss; None: the model's compiled loss, else sparse categorical
