@@ -9,14 +9,14 @@ of the layers before it, as the data-driven ``"output"`` method does, but keeps 
 rank it was factorized with. A layer whose refit would not lower its error is left as it was.
 """
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["refit_last_factors", "LayerRefit"]
+from .output_approximation import _MAX_ROWS_PER_BATCH  # rows per batch and layer, as there
 
-# rows of the least-squares problem used per batch and layer: bounded in time and memory
-_MAX_ROWS_PER_BATCH = 4096
+__all__ = ["refit_last_factors", "LayerRefit"]
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,7 @@ def refit_last_factors(original, compressed, data, batch_size=64, ridge=1e-3, se
     rng = np.random.default_rng(seed)
     current = graph.rewrite(compressed, {})
     calls = [call for call in graph.layer_calls(current) if isinstance(call.layer, FactorizedLayer)]
-    times_called = {}
-    for call in calls:
-        times_called[id(call.layer)] = times_called.get(id(call.layer), 0) + 1
+    times_called = Counter(id(call.layer) for call in calls)
     rows = []
     for call in calls:
         layer = call.layer
@@ -126,14 +124,11 @@ def _plain(step):
 
     class_name, config, weights = step.layer_spec()
     plain = getattr(keras.layers, class_name)(**config)
-    built = []
 
     def apply(x):
-        if not built:
+        if not plain.built:  # the input shape is known at the first call
             plain.build(tuple(x.shape))
-            if weights:
-                plain.set_weights(weights)
-            built.append(True)
+            plain.set_weights(weights)
         return plain(x)
 
     return apply
