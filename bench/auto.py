@@ -10,9 +10,14 @@ batch-norm re-estimation, ``--epochs`` epochs of fine-tuning whose last is quant
 int8 export, top-1 on the 10,000 test images, host int8 latency), so rows differ only in what
 is factorized:
 
-- ``tflowrank``: ``compress`` with its default search (spatial, svd, tucker2, output; the
+- ``tflowrank``: ``compress`` with its default search (spatial wherever it applies, svd for
+  the layers it cannot split; each candidate scored with its last factor refitted; the
   sensitivity table is measured once, on 1,000 training images, and reused by the other
   budgets: cache);
+- ``tflowrank, table as decomposed`` (3x only): the same, its sensitivity table scoring the
+  factors as decomposed (``search(refit=False)``), then the same pipeline (refit included);
+- ``search: spatial, svd, tucker2, output`` (3x only, not with ``--quick``): every one of those
+  methods competing for every layer (the default before spatial-first);
 - ``uniform spatial``: spatial SVD with the same share of MACs kept in conv2-conv4 (the layers
   with >= 5% of the MACs), reaching the same budget: the plain baseline;
 - ``tflowrank, post-training int8`` and ``uniform spatial, distilled`` (3x only): the same with
@@ -94,6 +99,20 @@ def uniform_plan(model, method, target, layers=UNIFORM_LAYERS):
                            baseline_score=math.nan, predicted_score=math.nan, entries=tuple(entries))
 
 
+def decomposed_plan(model, train, target, cache, samples=1000, seed=0):
+    """The plan ``compress``'s default search makes when its sensitivity table scores the factors
+    as decomposed (``refit=False``), on the search samples ``compress`` draws with ``seed``."""
+    import numpy as np
+
+    from tflowrank import search
+    from tflowrank.compression import DEFAULT_METHODS
+
+    x, y = train
+    pick = np.sort(np.random.default_rng(seed).choice(len(x), min(samples, len(x)), replace=False))
+    return search(model, (x[pick], y[pick]), target, methods=DEFAULT_METHODS, cache=cache,
+                  refit=False, first_applicable=True, progress=False)
+
+
 def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epochs, qat, runs,
                   distill=False, refit=True, cost="macs"):
     """One ``compress`` run in this (spawned) process; returns its figures."""
@@ -105,7 +124,11 @@ def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epoch
     keras.utils.set_random_seed(0)
     train, test = _data(*sizes)
     model = zoo.load_fashion_cnn()
-    plan = uniform_plan(model, plan_kind, target) if plan_kind else None
+    if plan_kind == "as decomposed":
+        plan = decomposed_plan(model, train, target, cache)
+        cache = None
+    else:
+        plan = uniform_plan(model, plan_kind, target) if plan_kind else None
     out = Path(folder) / label.replace(" ", "_").replace(":", "")
     started = time.perf_counter()
     result = compress(model, train, test, target, cost=cost, finetune_epochs=epochs, qat=qat,
@@ -168,7 +191,8 @@ def main(argv=None):
         parser.error(f"--budgets takes 3x, 5x, 8x; got {', '.join(unknown)}")
     epochs = args.epochs if args.epochs is not None else (1 if args.quick else 2)
     sizes = (4096, 1000) if args.quick else (60000, 10000)
-    methods = ("spatial", "svd") if args.quick else None
+    methods = None  # compress's default: spatial where it applies, svd elsewhere
+    every = ("spatial", "svd", "tucker2", "output")  # the default before: every method competing
     singles = ("spatial", "svd") if args.quick else SINGLE_METHODS
     record = {"command": command_line(), "environment": environment(),
               "config": {"budgets": budgets, "epochs": epochs, "train": sizes[0], "test": sizes[1],
@@ -201,6 +225,13 @@ def main(argv=None):
                     epochs, True, args.runs, True)["budget_name"] = name
                 run(_compress_row, f"{name} uniform spatial, no refit", target, None, "spatial", None,
                     epochs, True, args.runs, False, False)["budget_name"] = name
+                run(_compress_row, f"{name} tflowrank, table as decomposed", target, None,
+                    "as decomposed", str(Path(folder) / "sensitivity_decomposed.json"), epochs,
+                    True, args.runs)["budget_name"] = name
+                if not args.quick:
+                    run(_compress_row, f"{name} search: {', '.join(every)}", target, every, None,
+                        str(Path(folder) / "sensitivity_every.json"), epochs, True,
+                        args.runs)["budget_name"] = name
                 for method in singles:
                     try:
                         run(_compress_row, f"{name} search: {method}", target, (method,), None,

@@ -79,7 +79,7 @@ def test_compress_meets_the_target_and_writes_a_complete_report(compressed, mode
                 "int8_median_us", "sensitivity", "frontier", "layers", "seconds", "settings"):
         assert key in report, key
     assert report["settings"]["qat"] is True and report["settings"]["val_samples"] == 128
-    assert report["settings"]["refit"] is True
+    assert report["settings"]["refit"] is True and report["settings"]["first_applicable"] is False
     refitted = {row["layer"]: row for row in report["refit"]}
     assert set(refitted) == {entry.layer for entry in result.plan.factorized}
     for row in refitted.values():
@@ -110,7 +110,7 @@ def test_compress_meets_the_target_and_writes_a_complete_report(compressed, mode
 def test_a_second_target_reuses_the_sensitivity_table(compressed, model, data, tmp_path):
     result, out, _ = compressed
     table = (out / "sensitivity.json").read_text()
-    other = compress(model, data[0], data[1], 0.7, finetune_epochs=0, qat=False, refit=False,
+    other = compress(model, data[0], data[1], 0.7, finetune_epochs=0, qat=False,
                      output_dir=tmp_path / "again", cache=out / "sensitivity.json", methods=METHODS,
                      candidates=4, search_samples=128, calibration_samples=64, profile_runs=3,
                      log=None, progress=False)
@@ -118,8 +118,8 @@ def test_a_second_target_reuses_the_sensitivity_table(compressed, model, data, t
     assert other.plan.baseline_score == result.plan.baseline_score
     assert other.macs <= 0.7 * other.baseline_macs * 1.001 and other.macs > result.macs
     again = json.loads((tmp_path / "again" / "report.json").read_text())
-    assert again["settings"]["qat"] is False and again["settings"]["refit"] is False
-    assert again["refit"] == []
+    assert again["settings"]["qat"] is False and again["settings"]["refit"] is True
+    assert {row["layer"] for row in again["refit"]} == {e.layer for e in other.plan.factorized}
 
 
 @pytest.mark.slow
@@ -136,8 +136,9 @@ def test_cli_compress_writes_the_report(model, data, tmp_path, capsys):
     printed = capsys.readouterr()
     assert "top-1 int8 TFLite" in printed.out and "report:" in printed.out
     assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "model_int8.tflite").is_file()
-    settings = json.loads((tmp_path / "out" / "report.json").read_text())["settings"]
-    assert settings["refit"] is False and settings["qat"] is False
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["settings"]["refit"] is False and report["settings"]["qat"] is False
+    assert report["refit"] == []
 
 
 @pytest.mark.slow
@@ -219,10 +220,11 @@ def test_a_model_with_nothing_to_factorize_is_refused(tmp_path):
 def test_cli_help_states_the_default_methods(capsys):
     from tflowrank.compression import DEFAULT_METHODS
 
+    assert DEFAULT_METHODS == ("spatial", "svd")
     with pytest.raises(SystemExit):
         main(["compress", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "default: " + ",".join(DEFAULT_METHODS) + ";" in text and "cp only when named" in text
+    assert "default: spatial where it applies, svd elsewhere" in text
 
 
 def test_the_quantization_aware_epoch_continues_the_cosine_schedule():

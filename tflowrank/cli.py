@@ -136,8 +136,8 @@ def _parser():
     p.add_argument("--no-refit", action="store_true",
                    help="keep the factorized layers' last factors as decomposed (no least-squares "
                         "refit to the model's responses)")
-    p.add_argument("--methods", help="comma-separated (default: spatial,svd,tucker2,output; "
-                                     "cp only when named)")
+    p.add_argument("--methods", help="comma-separated, all competing for every layer (default: "
+                                     "spatial where it applies, svd elsewhere)")
     p.add_argument("--candidates", type=int, default=10, help="ranks measured per layer and method")
     p.add_argument("--multiple-of", type=int, default=1, help="round ranks to a multiple")
     p.add_argument("--cache", help="sensitivity table JSON (default: OUTPUT/sensitivity.json)")

@@ -20,11 +20,13 @@ __all__ = ["compress", "CompressionResult"]
 
 _BN_BATCHES = 50  # batches of training inputs that re-estimate batch-norm statistics
 _FRONTIER_TARGETS = (0.9, 0.7, 0.5, 0.4, 0.33, 0.25, 0.2, 0.15, 0.125, 0.1)
-# CP is left out of compress's default choice: the sensitivity table is measured before
-# fine-tuning, where CP scores best, but its chains fine-tune and quantize worst (on the Fashion
-# CNN at 3x: a search with CP picked it for every layer and ended 3.1 points below the baseline
-# after the same fine-tuning, 1.4 without it; see docs/benchmarks.md). methods= brings it back.
-DEFAULT_METHODS = ("spatial", "svd", "tucker2", "output")
+# compress's default: spatial wherever it applies, svd for the layers it cannot split (1 x 1
+# convolutions, Dense). The sensitivity table is measured before fine-tuning; what scores best
+# there is not what fine-tunes best. On the Fashion CNN (docs/benchmarks.md), searches offered
+# more methods picked Tucker-2, svd or "output" chains for some layers and ended lower after the
+# same fine-tuning than the spatial-only search (3x, int8: all of spatial/svd/tucker2/output
+# -0.86 against spatial -0.68; CP in the mix -3.1). methods= brings the others back.
+DEFAULT_METHODS = ("spatial", "svd")
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,9 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             ``plan.json``, ``sensitivity.json``, ``compressed.keras``, the baseline's int8 and
             float32 files and the PNG plots (``sensitivity.png``, ``accuracy_vs_macs.png``,
             ``ranks.png``; skipped with a note when matplotlib is not installed).
-        methods, candidates, multiple_of: as ``tflowrank.search``; methods None: ``"spatial"``,
-            ``"svd"``, ``"tucker2"``, ``"output"`` (``"cp"`` only when asked for: see
-            ``DEFAULT_METHODS``).
+        methods, candidates, multiple_of: as ``tflowrank.search``; methods None: ``"spatial"``
+            wherever it applies and ``"svd"`` elsewhere (``search(first_applicable=True)``; see
+            ``DEFAULT_METHODS``); methods given: every one of them competes for every layer.
         cache: the sensitivity table's JSON (default ``output_dir/sensitivity.json``): a second
             ``compress`` with another target reuses it.
         search_data: ``(x, y)`` the sensitivities are scored on; default: ``search_samples``
@@ -177,6 +179,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     x_train, y_train = _arrays("train_data", train_data)
     x_val, y_val = _arrays("val_data", val_data)
     log = log or (lambda line: None)
+    first_applicable = methods is None
     methods = DEFAULT_METHODS if methods is None else methods
     keras, _ = require_tensorflow()
     from . import graph
@@ -214,7 +217,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
 
     stage = time.perf_counter()
     search_args = dict(cost=cost, methods=methods, candidates=candidates, cache=cache,
-                       multiple_of=multiple_of, progress=progress)
+                       refit=refit, first_applicable=first_applicable, multiple_of=multiple_of,
+                       progress=progress)
     if cost == "latency" and profile_options:
         search_args["profile_options"] = profile_options
     searched = plan is None
@@ -318,6 +322,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         "settings": {"target": target, "cost": cost, "finetune_epochs": finetune_epochs, "qat": qat,
                      "distill": distill, "refit": refit,
                      "methods": [methods] if isinstance(methods, str) else list(methods),
+                     "first_applicable": first_applicable,
                      "candidates": candidates,
                      "multiple_of": multiple_of, "search_samples": len(search_data[0]),
                      "train_samples": len(x_train), "val_samples": len(x_val),

@@ -37,8 +37,9 @@ _LATENCY_REFINEMENTS = 3
 
 
 def search(model, data, target, cost="macs", methods=DEFAULT_METHODS, candidates=10, eval_fn=None,
-           cache=None, *, multiple_of=1, max_samples=1000, batch_size=250, progress=None,
-           latency_cache=None, latency_dtype=None, profile_options=None):
+           cache=None, *, refit=None, first_applicable=False, multiple_of=1, max_samples=1000,
+           batch_size=250, progress=None, latency_cache=None, latency_dtype=None,
+           profile_options=None):
     """Choose a method and a rank per layer so that ``model`` keeps ``target`` of its cost.
 
     Args:
@@ -58,6 +59,16 @@ def search(model, data, target, cost="macs", methods=DEFAULT_METHODS, candidates
             weights, data and settings (``methods``, ``candidates``, ``max_samples``, the name of
             ``eval_fn``), else measured again and overwritten. Targets, ``cost`` and
             ``multiple_of`` are not part of the key: another target reuses the table.
+        refit: score each candidate with its last factor and bias refitted by least squares to
+            the layer's responses on the first 256 inputs of ``data`` (what
+            ``tflowrank.refit.refit_last_factors`` does after ``factorize``, and ``compress`` by
+            default): the table then ranks the chains as they will be used, not as decomposed.
+            None: when ``data`` has inputs. True needs them; False scores the factors as
+            decomposed (for a plan applied with ``factorize`` alone).
+        first_applicable: each layer is measured with the first method of ``methods`` that
+            can factorize it only (an order of preference: ``("spatial", "svd")`` is spatial
+            wherever it applies and svd for the 1 x 1 convolutions and Dense layers it cannot
+            split), instead of every method that can.
         multiple_of: every rank in the plan is a multiple of it (or the full rank).
         max_samples, batch_size: the bounded evaluation set, and its batch size.
         progress: a progress line on stderr; None shows it when stderr is a terminal.
@@ -102,20 +113,29 @@ def search(model, data, target, cost="macs", methods=DEFAULT_METHODS, candidates
     batch_size = _check_count("batch_size", batch_size, 1)
     if eval_fn is not None and not callable(eval_fn):
         raise TypeError(f"`eval_fn` must be a callable model -> float. Received: eval_fn={eval_fn!r}")
+    if refit is not None and not isinstance(refit, bool):
+        raise TypeError(f"`refit` must be True, False or None. Received: refit={refit!r}")
+    if not isinstance(first_applicable, bool):
+        raise TypeError("`first_applicable` must be True or False. "
+                        f"Received: first_applicable={first_applicable!r}")
     latency_table = _latency_table(cost, cache, latency_cache, latency_dtype, profile_options)
     require_tensorflow()
     from . import graph
 
     graph.check_model(model)
     x, y = _load_data(data, eval_fn, methods, max_samples, model)
-    sites = _sites(model, methods, candidates)
+    if refit and x is None:
+        raise ValueError("`refit=True` needs inputs in `data` to refit on. Received: data=None")
+    refit = x is not None if refit is None else refit
+    sites = _sites(model, methods, candidates, first_applicable)
     if not sites:
         raise ValueError(f"Model {model.name!r} has no layer that methods={methods!r} can factorize "
                          "so that it costs less (Conv2D / Dense layers, called once).")
-    key = _fingerprint(model, x, y, methods, candidates, max_samples, eval_fn)
+    key = _fingerprint(model, x, y, methods, candidates, max_samples, eval_fn, refit,
+                       first_applicable)
     table = _read_cache(cache, key)
     if table is None:
-        table = _measure(model, sites, x, y, eval_fn, batch_size, progress)
+        table = _measure(model, sites, x, y, eval_fn, batch_size, progress, refit)
         table["fingerprint"] = key
         if cache is not None:
             _write_cache(cache, table)
@@ -260,7 +280,7 @@ class _Site:
         return self.call.path
 
 
-def _sites(model, methods, candidates):
+def _sites(model, methods, candidates, first_applicable=False):
     import keras
 
     from . import graph
@@ -294,6 +314,8 @@ def _sites(model, methods, candidates):
             measured = _measured_ranks(call, cls, original, candidates)
             if measured:
                 site.methods[method] = (cls, measured)
+                if first_applicable:
+                    break
         if site.methods:
             sites.append(site)
     return sites
@@ -315,7 +337,7 @@ def _measured_ranks(call, cls, original, candidates):
 
 # -- measuring --------------------------------------------------------------------------------------
 
-def _measure(model, sites, x, y, eval_fn, batch_size, progress):
+def _measure(model, sites, x, y, eval_fn, batch_size, progress, refit):
     scorer = eval_fn if eval_fn is not None else _accuracy_scorer(x, y, batch_size)
     total = sum(len(measured) for site in sites for _, measured in site.methods.values())
     bar = _Progress(total, progress)
@@ -325,7 +347,10 @@ def _measure(model, sites, x, y, eval_fn, batch_size, progress):
         for site in sites:
             for method, (cls, measured) in site.methods.items():
                 bar.label = f"{site.path} {method}"
-                curve = _layer_curve(model, site.call, method, cls, measured, scorer, x, bar)
+                if method == next(iter(site.methods)):  # once per layer, for every method
+                    targets = _refit_targets(model, site.call, x) if refit else None
+                curve = _layer_curve(model, site.call, method, cls, measured, scorer, x, bar,
+                                     targets)
                 scores.setdefault(site.path, {})[method] = [
                     [list(r) if isinstance(r, tuple) else r, s] for r, s in zip(measured, curve)]
     finally:
@@ -333,9 +358,21 @@ def _measure(model, sites, x, y, eval_fn, batch_size, progress):
     return {"format": _CACHE_FORMAT, "baseline": baseline, "scores": scores}
 
 
-def _layer_curve(model, call, method, cls, measured, scorer, x, bar):
-    """Scores of ``model`` with ``call``'s layer alone factorized at each rank of ``measured``."""
+def _refit_targets(model, call, x):
+    """The layer's inputs and responses for the refit of its candidates (None for a layer inside a
+    nested model: ``refit_last_factors`` leaves those as decomposed, so the search does too)."""
+    from .refit import layer_targets
+
+    if call.path != call.layer.name:
+        return None
+    return layer_targets(model, call.layer.name, x[:_CALIBRATION_SAMPLES])
+
+
+def _layer_curve(model, call, method, cls, measured, scorer, x, bar, targets=None):
+    """Scores of ``model`` with ``call``'s layer alone factorized at each rank of ``measured``
+    (each rank's last factor refitted to ``targets``, ``refit.layer_targets``, when given)."""
     from . import graph
+    from .refit import fit_last_factor
 
     layer = call.layer
     kernel = cls._numpy(layer.kernel)
@@ -378,6 +415,8 @@ def _layer_curve(model, call, method, cls, measured, scorer, x, bar):
         if new_bias is not None:
             new.bias.assign(new_bias)
         new.set_active_rank(rank)
+        if targets is not None:
+            fit_last_factor(new, call.input_shape, targets)
         scores.append(float(scorer(copy)))
         bar.step()
     return scores
@@ -451,7 +490,8 @@ class _Progress:
 
 # -- the cache --------------------------------------------------------------------------------------
 
-def _fingerprint(model, x, y, methods, candidates, max_samples, eval_fn):
+def _fingerprint(model, x, y, methods, candidates, max_samples, eval_fn, refit=False,
+                 first_applicable=False):
     digest = hashlib.sha256()
     digest.update(model.to_json().encode())
     for weight in model.weights:
@@ -464,7 +504,8 @@ def _fingerprint(model, x, y, methods, candidates, max_samples, eval_fn):
     name = None if eval_fn is None else f"{getattr(eval_fn, '__module__', '')}." \
                                         f"{getattr(eval_fn, '__qualname__', type(eval_fn).__name__)}"
     settings = {"format": _CACHE_FORMAT, "methods": list(methods), "candidates": candidates,
-                "max_samples": max_samples, "eval_fn": name,
+                "max_samples": max_samples, "eval_fn": name, "refit": bool(refit),
+                "first_applicable": first_applicable,
                 "fractions": [_LOWEST_FRACTION, _HIGHEST_FRACTION], "cp_sweeps": _CP_SWEEPS}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()

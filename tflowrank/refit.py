@@ -71,10 +71,7 @@ def refit_last_factors(original, compressed, data, batch_size=64, ridge=1e-3, se
 
 
 def _refit_layer(original, current, call, data, batch_size, ridge, rng):
-    import keras
-
     from . import graph
-    from .decompositions import NormalEquations
 
     layer, name = call.layer, call.layer.name
     try:
@@ -83,39 +80,89 @@ def _refit_layer(original, current, call, data, batch_size, ridge, rng):
         return LayerRefit(name, np.nan, np.nan, False, "no layer of this name in the original model")
     if not hasattr(source, "kernel") or layer.active_rank != layer.rank:
         return LayerRefit(name, np.nan, np.nan, False, "not a plain layer at its allocated rank")
-    *body, last = layer.steps(call.input_shape)
-    factor_name = layer.factors[-1][0]
-    factor = layer._numpy(getattr(layer, factor_name))
-    if last.kind not in ("conv", "dense") or not np.array_equal(last.kernel.ravel(), factor.ravel()):
-        return LayerRefit(name, np.nan, np.nan, False, "its last step is not its last factor")
-    body_layers = [_plain(step) for step in body]
-    patches = _patches(last)
     original_inputs = graph.input_probe(original, name)
     compressed_inputs = graph.input_probe(current, name)
+
+    def batches():
+        for start in range(0, len(data), batch_size):
+            batch = data[start : start + batch_size]
+            y = graph.linear_responses(source, original_inputs(batch))
+            y = y.reshape(-1, y.shape[-1])
+            keep = (np.sort(rng.choice(len(y), _MAX_ROWS_PER_BATCH, replace=False))
+                    if len(y) > _MAX_ROWS_PER_BATCH else slice(None))
+            yield compressed_inputs(batch), y[keep], keep
+
+    before, after, applied = fit_last_factor(layer, call.input_shape, batches(), ridge)
+    if np.isnan(before):
+        return LayerRefit(name, before, after, False, "its last step is not its last factor")
+    if not applied:
+        return LayerRefit(name, before, after, False, "the refit does not lower the error")
+    return LayerRefit(name, before, after, True)
+
+
+def layer_targets(model, name, data, batch_size=64, seed=0):
+    """The batches ``fit_last_factor`` takes for ``model``'s layer ``name`` (a top-level Conv2D or
+    Dense) alone: its inputs in ``model`` and its responses before the activation, at most
+    ``_MAX_ROWS_PER_BATCH`` rows (output positions) per batch, the same rows every time they are
+    used. A list: one computation serves every rank and method the search measures."""
+    from . import graph
+
+    rng = np.random.default_rng(seed)
+    layer = model.get_layer(name)
+    probe = graph.input_probe(model, name)
+    targets = []
+    for start in range(0, len(data), batch_size):
+        inputs = probe(data[start : start + batch_size])
+        y = graph.linear_responses(layer, inputs)
+        y = y.reshape(-1, y.shape[-1])
+        keep = (np.sort(rng.choice(len(y), _MAX_ROWS_PER_BATCH, replace=False))
+                if len(y) > _MAX_ROWS_PER_BATCH else slice(None))
+        targets.append((inputs, y[keep], keep))
+    return targets
+
+
+def fit_last_factor(layer, input_shape, batches, ridge=1e-3):
+    """Refit a factorized layer's last factor and bias, at its active rank, in place.
+
+    ``batches`` yields ``(chain inputs, target rows, kept rows)``: the inputs the chain sees, the
+    responses it should give (one row per kept output position) and which output positions
+    (flattened over the batch) those rows are. The least-squares solution is written into the
+    leading slices of the last factor (the slices beyond the active rank are left as they are)
+    when it lowers the relative error on those rows. Returns ``(error before, error after,
+    applied)``; NaN errors when the chain's last step is not its last factor as stored.
+    """
+    import keras
+
+    from .decompositions import NormalEquations
+
+    sliced = layer if layer.active_rank == layer.rank else layer.sliced()
+    *body, last = sliced.steps(input_shape)
+    factor_name = layer.factors[-1][0]
+    factor = layer._numpy(getattr(sliced, factor_name))
+    if last.kind not in ("conv", "dense") or not np.array_equal(last.kernel.ravel(), factor.ravel()):
+        return np.nan, np.nan, False
+    body_layers = [_plain(step) for step in body]
+    patches = _patches(last)
     kernel = last.kernel.reshape(-1, last.kernel.shape[-1])
     equations = NormalEquations(kernel.shape[0], kernel.shape[1], bias=layer.bias is not None)
-    for start in range(0, len(data), batch_size):
-        batch = data[start : start + batch_size]
-        y = graph.linear_responses(source, original_inputs(batch))
-        z = compressed_inputs(batch)
+    for z, y, keep in batches:
         for plain in body_layers:
             z = plain(z)
-        p = np.asarray(keras.ops.convert_to_numpy(patches(z)))
-        y, p = y.reshape(-1, y.shape[-1]), p.reshape(-1, kernel.shape[0])
-        keep = slice(None)
-        if len(y) > _MAX_ROWS_PER_BATCH:
-            keep = np.sort(rng.choice(len(y), _MAX_ROWS_PER_BATCH, replace=False))
-        equations.add(p[keep], y[keep])
+        p = np.asarray(keras.ops.convert_to_numpy(patches(z))).reshape(-1, kernel.shape[0])
+        equations.add(p[keep], y)
     bias = layer._numpy(layer.bias) if layer.bias is not None else None
     before = equations.error(kernel, bias)
     weights, new_bias = equations.solve(ridge)
     after = equations.error(weights, new_bias)
     if not after < before:
-        return LayerRefit(name, before, after, False, "the refit does not lower the error")
-    getattr(layer, factor_name).assign(weights.reshape(factor.shape).astype(factor.dtype))
+        return before, after, False
+    variable = getattr(layer, factor_name)
+    value = layer._numpy(variable).copy()
+    value[tuple(slice(0, n) for n in factor.shape)] = weights.reshape(factor.shape)
+    variable.assign(value.astype(factor.dtype))
     if new_bias is not None:
         layer.bias.assign(new_bias.astype(bias.dtype))
-    return LayerRefit(name, before, after, True)
+    return before, after, True
 
 
 def _plain(step):
