@@ -7,6 +7,10 @@ in the compressed model, as refitted so far, go through the chain's earlier fact
 factor is then the least-squares map from those to the targets. So each layer corrects the errors
 of the layers before it, as the data-driven ``"output"`` method does, but keeps the method and
 rank it was factorized with. A layer whose refit would not lower its error is left as it was.
+
+``tflowrank.search`` scores its candidates the same way, one layer at a time:
+``layer_targets`` collects a layer's inputs and responses once, ``fit_last_factor`` refits the
+chain at each measured rank in place.
 """
 
 from collections import Counter
@@ -86,11 +90,8 @@ def _refit_layer(original, current, call, data, batch_size, ridge, rng):
     def batches():
         for start in range(0, len(data), batch_size):
             batch = data[start : start + batch_size]
-            y = graph.linear_responses(source, original_inputs(batch))
-            y = y.reshape(-1, y.shape[-1])
-            keep = (np.sort(rng.choice(len(y), _MAX_ROWS_PER_BATCH, replace=False))
-                    if len(y) > _MAX_ROWS_PER_BATCH else slice(None))
-            yield compressed_inputs(batch), y[keep], keep
+            rows, keep = _kept_rows(graph.linear_responses(source, original_inputs(batch)), rng)
+            yield compressed_inputs(batch), rows, keep
 
     before, after, applied = fit_last_factor(layer, call.input_shape, batches(), ridge)
     if np.isnan(before):
@@ -113,12 +114,17 @@ def layer_targets(model, name, data, batch_size=64, seed=0):
     targets = []
     for start in range(0, len(data), batch_size):
         inputs = probe(data[start : start + batch_size])
-        y = graph.linear_responses(layer, inputs)
-        y = y.reshape(-1, y.shape[-1])
-        keep = (np.sort(rng.choice(len(y), _MAX_ROWS_PER_BATCH, replace=False))
-                if len(y) > _MAX_ROWS_PER_BATCH else slice(None))
-        targets.append((inputs, y[keep], keep))
+        targets.append((inputs, *_kept_rows(graph.linear_responses(layer, inputs), rng)))
     return targets
+
+
+def _kept_rows(responses, rng):
+    """``(rows, keep)``: the responses as rows (one per output position), at most
+    ``_MAX_ROWS_PER_BATCH`` of them drawn with ``rng``, and which positions those are."""
+    rows = responses.reshape(-1, responses.shape[-1])
+    keep = (np.sort(rng.choice(len(rows), _MAX_ROWS_PER_BATCH, replace=False))
+            if len(rows) > _MAX_ROWS_PER_BATCH else slice(None))
+    return rows[keep], keep
 
 
 def fit_last_factor(layer, input_shape, batches, ridge=1e-3):
