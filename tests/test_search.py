@@ -221,15 +221,19 @@ def test_first_applicable_measures_one_method_per_layer_in_order_of_preference(m
     import json
 
     path = tmp_path / "table.json"
-    plan = search(model, data, 0.5, methods=("spatial", "svd"), candidates=3, cache=path,
-                  first_applicable=True)
+    with warnings.catch_warnings():  # 3 ranks per layer: the plan may land a few % under
+        warnings.simplefilter("ignore")
+        plan = search(model, data, 0.5, methods=("spatial", "svd"), candidates=3, cache=path,
+                      first_applicable=True)
     measured = {layer: sorted(by_method) for layer, by_method in
                 json.loads(path.read_text())["scores"].items()}
     assert measured == {"conv1": ["spatial"], "conv2": ["spatial"], "conv3": ["spatial"],
                         "head": ["svd"]}  # spatial cannot split the Dense head
     assert {e.method for e in plan.factorized} <= {"spatial", "svd"}
     assert all(e.method == "spatial" for e in plan.factorized if e.layer != "head")
-    with pytest.warns(UserWarning, match="another model, data or settings"):  # not the same key
+    with warnings.catch_warnings(), \
+            pytest.warns(UserWarning, match="another model, data or settings"):  # another key
+        warnings.filterwarnings("ignore", message=".*too coarse")
         search(model, data, 0.5, methods=("spatial", "svd"), candidates=3, cache=path)
 
 

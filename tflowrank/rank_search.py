@@ -57,8 +57,9 @@ def search(model, data, target, cost="macs", methods=DEFAULT_METHODS, candidates
         eval_fn: ``eval_fn(model) -> float``, higher is better, instead of accuracy on ``data``.
         cache: a JSON file for the sensitivity table: reused when it was made for the same model
             weights, data and settings (``methods``, ``candidates``, ``max_samples``, the name of
-            ``eval_fn``, ``refit``, ``first_applicable``), else measured again and overwritten. Targets, ``cost`` and
-            ``multiple_of`` are not part of the key: another target reuses the table.
+            ``eval_fn``, ``refit``, ``first_applicable``), else measured again and overwritten.
+            Targets, ``cost`` and ``multiple_of`` are not part of the key: another target reuses
+            the table.
         refit: score each candidate with its last factor and bias refitted by least squares to
             the layer's responses on the first 256 inputs of ``data`` (what
             ``tflowrank.refit.refit_last_factors`` does after ``factorize``, and ``compress`` by
