@@ -346,10 +346,9 @@ def _measure(model, sites, x, y, eval_fn, batch_size, progress, refit):
     scores = {}
     try:
         for site in sites:
+            targets = _refit_targets(model, site.call, x) if refit else None  # every method's
             for method, (cls, measured) in site.methods.items():
                 bar.label = f"{site.path} {method}"
-                if method == next(iter(site.methods)):  # once per layer, for every method
-                    targets = _refit_targets(model, site.call, x) if refit else None
                 curve = _layer_curve(model, site.call, method, cls, measured, scorer, x, bar,
                                      targets)
                 scores.setdefault(site.path, {})[method] = [
@@ -505,7 +504,7 @@ def _fingerprint(model, x, y, methods, candidates, max_samples, eval_fn, refit=F
     name = None if eval_fn is None else f"{getattr(eval_fn, '__module__', '')}." \
                                         f"{getattr(eval_fn, '__qualname__', type(eval_fn).__name__)}"
     settings = {"format": _CACHE_FORMAT, "methods": list(methods), "candidates": candidates,
-                "max_samples": max_samples, "eval_fn": name, "refit": bool(refit),
+                "max_samples": max_samples, "eval_fn": name, "refit": refit,
                 "first_applicable": first_applicable,
                 "fractions": [_LOWEST_FRACTION, _HIGHEST_FRACTION], "cp_sweeps": _CP_SWEEPS}
     digest.update(json.dumps(settings, sort_keys=True).encode())
