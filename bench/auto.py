@@ -6,9 +6,9 @@
 
 The starting point is the trained CNN shipped with tflowrank (92.5% top-1, full data). Every row
 runs in a fresh spawned process with the same seed and the same pipeline (``compress``:
-batch-norm re-estimation, ``--epochs`` epochs of fine-tuning whose last is quantization-aware,
-int8 export, top-1 on the 10,000 test images, host int8 latency), so rows differ only in what
-is factorized:
+batch-norm re-estimation, ``--epochs`` epochs of fine-tuning whose last tenth of an epoch is
+quantization-aware (``qat_epochs=0.1``), int8 export, top-1 on the 10,000 test images, host
+int8 latency), so rows differ only in what is factorized:
 
 - ``tflowrank``: ``compress`` with its default search (spatial wherever it applies, svd for
   the layers it cannot split; each candidate scored with its last factor refitted; the
@@ -20,8 +20,9 @@ is factorized:
   methods competing for every layer (the default before spatial-first);
 - ``uniform spatial``: spatial SVD with the same share of MACs kept in conv2-conv4 (the layers
   with >= 5% of the MACs), reaching the same budget: the plain baseline;
-- ``tflowrank, post-training int8`` and ``uniform spatial, distilled`` (3x only): the same with
-  ``qat=False``, and with ``distill=True``: what the defaults are chosen from;
+- ``tflowrank, post-training int8``, ``tflowrank, quantization-aware last epoch`` and ``uniform
+  spatial, distilled`` (3x only): the same with ``qat=False``, with ``qat_epochs=1`` (the default
+  before 0.1) and with ``distill=True``: what the defaults are chosen from;
 - ``search: <method>`` (3x only): the search restricted to one method (data-free ``svd`` and
   data-driven ``output`` make the same op chain);
 - ``PTQ only``: the baseline, post-training int8 (no factorization);
@@ -114,12 +115,13 @@ def decomposed_plan(model, train, target, cache, samples=1000, seed=0):
 
 
 def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epochs, qat, runs,
-                  distill=False, refit=True, cost="macs"):
+                  distill=False, refit=True, cost="macs", qat_epochs=None):
     """One ``compress`` run in this (spawned) process; returns its figures."""
     import keras
     from _pruning import gzip_size
 
     from tflowrank import compress, zoo
+    from tflowrank.compression import QAT_EPOCHS
 
     keras.utils.set_random_seed(0)
     train, test = _data(*sizes)
@@ -133,10 +135,12 @@ def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epoch
     started = time.perf_counter()
     result = compress(model, train, test, target, cost=cost, finetune_epochs=epochs, qat=qat,
                       output_dir=out, methods=methods, cache=cache, plan=plan, profile_runs=runs,
-                      distill=distill, refit=refit, log=None, progress=False)
+                      distill=distill, refit=refit, log=None, progress=False,
+                      **({} if qat_epochs is None else {"qat_epochs": qat_epochs}))
     return {
         "row": label, "budget": target, "cost": cost, "methods": list(methods) if methods else None,
-        "qat": qat, "distill": distill, "refit": refit,
+        "qat": qat, "qat_epochs": (QAT_EPOCHS if qat_epochs is None else qat_epochs) if qat else None,
+        "distill": distill, "refit": refit,
         "plan": result.plan.to_dict(), "keras_top1": result.keras_accuracy,
         "int8_top1": result.tflite_accuracy, "baseline_top1": result.baseline_accuracy,
         "baseline_int8_top1": result.baseline_tflite_accuracy, "macs": result.macs,
@@ -221,6 +225,9 @@ def main(argv=None):
             if name == budgets[0] and not args.no_comparisons:
                 run(_compress_row, f"{name} tflowrank, post-training int8", target, methods, None,
                     cache, epochs, False, args.runs)["budget_name"] = name
+                run(_compress_row, f"{name} tflowrank, quantization-aware last epoch", target,
+                    methods, None, cache, epochs, True, args.runs, False, True, "macs",
+                    1)["budget_name"] = name
                 run(_compress_row, f"{name} uniform spatial, distilled", target, None, "spatial", None,
                     epochs, True, args.runs, True)["budget_name"] = name
                 run(_compress_row, f"{name} uniform spatial, no refit", target, None, "spatial", None,

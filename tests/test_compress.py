@@ -79,6 +79,11 @@ def test_compress_meets_the_target_and_writes_a_complete_report(compressed, mode
                 "int8_median_us", "sensitivity", "frontier", "layers", "seconds", "settings"):
         assert key in report, key
     assert report["settings"]["qat"] is True and report["settings"]["val_samples"] == 128
+    # 1 epoch of 8 steps, the last round(0.1 x 8) = 1 of them quantization-aware
+    assert report["settings"]["qat_epochs"] == 0.1
+    assert len(report["history"]["float"]["loss"]) == 1 and len(report["history"]["qat"]["loss"]) == 1
+    assert any(line == "quantization-aware training: 0.125 epoch(s)" for line in lines)
+    assert "the last 0.1 epoch(s) of it quantization-aware" in (out / "report.md").read_text()
     assert report["settings"]["refit"] is True and report["settings"]["first_applicable"] is False
     refitted = {row["layer"]: row for row in report["refit"]}
     assert set(refitted) == {entry.layer for entry in result.plan.factorized}
@@ -192,6 +197,9 @@ def test_cli_compress_names_missing_arrays(model, tmp_path, capsys):
     ({"finetune_epochs": -1}, r"`finetune_epochs` must be an integer >= 0\. Received: finetune_epochs=-1"),
     ({"finetune_epochs": 0}, r"qat=True .* needs finetune_epochs >= 1"),
     ({"qat": "yes"}, r"`qat` must be True or False\. Received: qat='yes'"),
+    ({"qat_epochs": 0}, r"`qat_epochs` must be a number in \(0, finetune_epochs=2\]\. Received: qat_epochs=0"),
+    ({"qat_epochs": 2.5}, r"`qat_epochs` must be .* Received: qat_epochs=2\.5"),
+    ({"qat_epochs": True}, r"`qat_epochs` must be .* Received: qat_epochs=True"),
     ({"val_data": (np.zeros((0, 12, 12, 3)), np.zeros(0))}, r"`val_data` is empty"),
     ({"train_data": np.zeros((4, 12, 12, 3))}, r"`train_data` must be a pair \(x, y\)"),
     ({"export": "model.bin"}, r"`export` must be a \.tflite file name\. Received: export='model.bin'"),
@@ -236,3 +244,27 @@ def test_the_quantization_aware_epoch_continues_the_cosine_schedule():
     assert float(first(50)) == pytest.approx(1e-3) == pytest.approx(float(second(0)))
     assert float(second(50)) == pytest.approx(0.0, abs=1e-12)
     assert float(second(80)) == pytest.approx(0.0, abs=1e-12)  # held at 0 beyond the end
+
+
+def test_fine_tuning_steps_cover_each_epoch_once_and_the_quantization_aware_tail_continues():
+    from tflowrank.compression import _batches, _fit
+
+    batches = _batches(10, 4, 2, np.random.default_rng(0))
+    assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2]
+    for epoch in (batches[:3], batches[3:]):  # each epoch: every sample exactly once
+        assert sorted(np.concatenate(epoch).tolist()) == list(range(10))
+    assert not np.array_equal(np.concatenate(batches[:3]), np.concatenate(batches[3:]))
+
+    x = np.random.default_rng(1).normal(size=(10, 3)).astype("float32")
+    y = np.arange(10) % 2
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    schedule = (1e-2, len(batches), 3)
+    # 5 float steps: one value for epoch 1 (3 steps), one for the 2 steps of epoch 2
+    history = _fit(model, x, y, batches[:5], 0, schedule, loss, keras)
+    assert len(history["loss"]) == 2 and int(model.optimizer.iterations) == 5
+    tail = _fit(model, x, y, batches[5:], 5, schedule, loss, keras)
+    assert len(tail["loss"]) == 1 and int(model.optimizer.iterations) == 1
+    # after its one step the tail is at step 6 of 6, the decay's end (a restart: 0.0093)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)

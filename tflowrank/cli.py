@@ -132,7 +132,10 @@ def _parser():
     p.add_argument("-o", "--output", required=True, help="the report folder (created if missing)")
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
     p.add_argument("--no-qat", action="store_true",
-                   help="post-training int8 instead of a quantization-aware last epoch")
+                   help="post-training int8 instead of a quantization-aware end of the fine-tuning")
+    p.add_argument("--qat-epochs", type=float, default=None,
+                   help="how much of the fine-tuning, at its end, is quantization-aware, in epochs "
+                        "(default 0.1)")
     p.add_argument("--no-refit", action="store_true",
                    help="keep the factorized layers' last factors as decomposed (no least-squares "
                         "refit to the model's responses)")
@@ -376,7 +379,7 @@ def _compress(args):
     model = _load(args.model)
     result = compress(model, train, val, args.target, cost=args.cost, finetune_epochs=args.epochs,
                       qat=not args.no_qat, refit=not args.no_refit, output_dir=args.output,
-                      methods=methods,
+                      methods=methods, **({} if args.qat_epochs is None else {"qat_epochs": args.qat_epochs}),
                       candidates=args.candidates, multiple_of=args.multiple_of, cache=args.cache,
                       profile_runs=args.runs, log=lambda line: print(line, file=sys.stderr))
     print(result)

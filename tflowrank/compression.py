@@ -28,6 +28,12 @@ _FRONTIER_TARGETS = (0.9, 0.7, 0.5, 0.4, 0.33, 0.25, 0.2, 0.15, 0.125, 0.1)
 # the refitted table the mixed search picks spatial for most layers and ends level (-0.69
 # against -0.68 at 3x) after a search three times as long. methods= brings the others back.
 DEFAULT_METHODS = ("spatial", "svd")
+# compress's default quantization-aware share of the fine-tuning, in epochs: the last tenth of
+# the last epoch. On the Fashion CNN (docs/benchmarks.md) a whole quantization-aware epoch of two
+# ended level with post-training int8 of two float epochs; the float model had lost ~0.3 points to
+# fake quantization. A short quantization-aware tail, at the cosine decay's smallest learning
+# rates, keeps the float epochs' accuracy and learns the ranges.
+QAT_EPOCHS = 0.1
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class CompressionResult:
 
 
 def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2, qat=True,
+             qat_epochs=QAT_EPOCHS,
              export="model_int8.tflite", *, output_dir="tflowrank-compress", methods=None,
              candidates=10, multiple_of=1, cache=None, search_data=None, search_samples=1000,
              calibration_samples=500, refit=True, batch_size=128, learning_rate=2e-3, loss=None,
@@ -105,11 +112,14 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         val_data: ``(x, y)`` NumPy arrays: every accuracy in the result and the report.
         target: the fraction in (0, 1] of the original ``cost`` to keep.
         cost: ``"macs"``, ``"params"`` or ``"latency"`` (see ``tflowrank.search``).
-        finetune_epochs: epochs of fine-tuning after factorization (0: none). With ``qat``, the
-            last of them is quantization-aware.
-        qat: train the last fine-tuning epoch with int8 fake quantization
+        finetune_epochs: epochs of fine-tuning after factorization (0: none), the
+            quantization-aware steps included.
+        qat: train the last ``qat_epochs`` of the fine-tuning with int8 fake quantization
             (``tflowrank.quantize_aware``) and export with its ranges; False: post-training
             int8 calibrated on ``calibration_samples`` training inputs.
+        qat_epochs: how much of the fine-tuning, at its end, is quantization-aware, in epochs
+            (a number in ``(0, finetune_epochs]``; at least one step); the rest is float. See
+            ``QAT_EPOCHS`` for the default.
         export: the int8 .tflite file; a relative path is inside ``output_dir``.
         output_dir: the report folder (created if missing): ``report.md``, ``report.json``,
             ``plan.json``, ``sensitivity.json``, ``compressed.keras``, the baseline's int8 and
@@ -165,8 +175,12 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         if not isinstance(value, bool):
             raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
     if qat and finetune_epochs < 1:
-        raise ValueError("qat=True trains the last fine-tuning epoch quantization-aware: it needs "
+        raise ValueError("qat=True trains the end of the fine-tuning quantization-aware: it needs "
                          f"finetune_epochs >= 1 (or qat=False). Received: finetune_epochs={finetune_epochs}")
+    if (isinstance(qat_epochs, bool) or not isinstance(qat_epochs, numbers.Real)
+            or not 0 < qat_epochs <= max(finetune_epochs, 1)):
+        raise ValueError(f"`qat_epochs` must be a number in (0, finetune_epochs={finetune_epochs}]. "
+                         f"Received: qat_epochs={qat_epochs!r}")
     for name, value in (("search_samples", search_samples), ("calibration_samples", calibration_samples),
                         ("batch_size", batch_size), ("profile_runs", profile_runs)):
         _check_int(name, value, 1)
@@ -265,21 +279,25 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         train_loss = distillation_loss(probabilities)
     else:
         train_loss = loss
-    float_epochs = finetune_epochs - (1 if qat else 0)
+    per_epoch = -(-len(x_train) // batch_size)
+    batches = _batches(len(x_train), batch_size, finetune_epochs, rng)
+    qat_steps = min(len(batches), max(1, round(qat_epochs * per_epoch))) if qat else 0
+    float_steps = len(batches) - qat_steps
+    schedule = (learning_rate, len(batches), per_epoch)
     history = {}
-    if float_epochs:
-        log(f"fine-tune: {float_epochs} epoch(s) on {len(x_train)} samples"
+    if float_steps:
+        log(f"fine-tune: {float_steps / per_epoch:.3g} epoch(s) on {len(x_train)} samples"
             + (" (distilled from the input model)" if distill else ""))
-        history["float"] = _fit(compressed, x_train, targets, (0, float_epochs, finetune_epochs),
-                                batch_size, learning_rate, train_loss, keras)
+        history["float"] = _fit(compressed, x_train, targets, batches[:float_steps], 0, schedule,
+                                train_loss, keras)
     final = compressed
     if qat:
         from .qat import quantize_aware
 
-        log("quantization-aware training: 1 epoch")
+        log(f"quantization-aware training: {qat_steps / per_epoch:.3g} epoch(s)")
         final = quantize_aware(compressed)
-        history["qat"] = _fit(final, x_train, targets, (float_epochs, 1, finetune_epochs), batch_size,
-                              learning_rate, train_loss, keras)
+        history["qat"] = _fit(final, x_train, targets, batches[float_steps:], float_steps, schedule,
+                              train_loss, keras)
     if finetune_epochs:  # leave the model compiled with a plain loss (a serializable one)
         final.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
     seconds["fine-tune"] = time.perf_counter() - stage
@@ -321,6 +339,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
 
     details = {
         "settings": {"target": target, "cost": cost, "finetune_epochs": finetune_epochs, "qat": qat,
+                     "qat_epochs": qat_epochs if qat else None,
                      "distill": distill, "refit": refit,
                      "methods": [methods] if isinstance(methods, str) else list(methods),
                      "first_applicable": first_applicable,
@@ -404,18 +423,48 @@ def _outputs_probabilities(model):
     return getattr(activation, "__name__", "") == "softmax" or type(last).__name__ == "Softmax"
 
 
-def _fit(model, x, y, epochs, batch_size, learning_rate, loss, keras):
-    """Fit ``model`` for the epochs ``(first, count, total)``: one cosine decay of
-    ``learning_rate`` runs over all ``total`` fine-tuning epochs, so the quantization-aware epoch
-    (a new model and optimizer) continues the float epochs' schedule instead of restarting it."""
-    first, count, total = epochs
-    per_epoch = -(-len(x) // batch_size)
-    schedule = _shifted_cosine(keras, learning_rate, total * per_epoch, first * per_epoch)
+def _batches(n, batch_size, epochs, rng):
+    """The sample indices of every fine-tuning step, in order: each epoch a new permutation of
+    the ``n`` samples cut into batches of ``batch_size`` (the last one of an epoch may be
+    smaller)."""
+    steps = []
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        steps += [np.sort(order[i:i + batch_size]) for i in range(0, n, batch_size)]
+    return steps
+
+
+def _fit(model, x, y, batches, offset, schedule, loss, keras):
+    """Train ``model`` on ``batches`` (sample indices per step), the steps ``offset`` onwards of
+    one cosine decay of the learning rate over the whole fine-tuning (``schedule``: learning rate,
+    total steps, steps per epoch), so the quantization-aware steps (a new model and optimizer)
+    continue the float steps' schedule instead of restarting it. The history has one value per
+    stretch of the steps within one epoch."""
+    learning_rate, total, per_epoch = schedule
     distilled = getattr(loss, "__name__", "") == "distillation"  # packed targets: no accuracy
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss,
-                  metrics=[] if distilled else ["accuracy"])
-    history = model.fit(x, y, batch_size=batch_size, epochs=count, verbose=0, shuffle=True)
-    return {k: [float(v) for v in values] for k, values in history.history.items()}
+    model.compile(optimizer=keras.optimizers.Adam(_shifted_cosine(keras, learning_rate, total, offset)),
+                  loss=loss, metrics=[] if distilled else ["accuracy"])
+
+    class Steps(keras.utils.PyDataset):
+        def __init__(self, steps):
+            super().__init__()
+            self.steps = steps
+
+        def __len__(self):
+            return len(self.steps)
+
+        def __getitem__(self, i):
+            return x[self.steps[i]], y[self.steps[i]]
+
+    history = {}
+    start = 0
+    while start < len(batches):  # cut at the epochs' ends
+        stop = min(len(batches), (offset + start) // per_epoch * per_epoch + per_epoch - offset)
+        run = model.fit(Steps(batches[start:stop]), epochs=1, verbose=0, shuffle=False)
+        for key, values in run.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        start = stop
+    return history
 
 
 def _shifted_cosine(keras, learning_rate, total_steps, offset):

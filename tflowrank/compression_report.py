@@ -19,6 +19,14 @@ _COLORS = {"spatial": "#1f77b4", "svd": "#ff7f0e", "tucker2": "#2ca02c", "cp": "
            "tucker2_spatial": "#9467bd", "output": "#8c564b", None: "#b0b0b0"}
 
 
+def _qat_words(settings):
+    """How the report states the int8 path (reports written before ``qat_epochs`` had a whole
+    quantization-aware last epoch)."""
+    if not settings.get("qat"):
+        return ", post-training int8"
+    return f", the last {settings.get('qat_epochs', 1):g} epoch(s) of it quantization-aware"
+
+
 def write_report(folder, data):
     """Write ``report.json``, the plots and ``report.md`` into ``folder``; return notes (lines
     worth telling the user, e.g. plots skipped for want of matplotlib)."""
@@ -73,7 +81,7 @@ def markdown(data, plots=(), notes=()):
               f"(reached {plan['total_after'] / plan['total_before']:.3f} predicted); "
               f"fine-tuning {settings.get('finetune_epochs')} epoch(s)"
               f"{', distilled from the input model' if settings.get('distill') else ''}"
-              f"{', the last quantization-aware' if settings.get('qat') else ', post-training int8'}; "
+              f"{_qat_words(settings)}; "
               f"validation: {settings.get('val_samples')} samples; sensitivities scored on "
               f"{settings.get('search_samples')} training samples.", ""]
     lines += ["## Result", "", "```", summary_table(data), "```", ""]
