@@ -115,15 +115,15 @@ def decomposed_plan(model, train, target, cache, samples=1000, seed=0):
 
 
 def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epochs, qat, runs,
-                  distill=False, refit=True, cost="macs", qat_epochs=None):
-    """One ``compress`` run in this (spawned) process; returns its figures."""
+                  distill=False, refit=True, cost="macs", qat_epochs=None, seed=0):
+    """One ``compress`` run in this (spawned) process, with ``seed``; returns its figures."""
     import keras
     from _pruning import gzip_size
 
     from tflowrank import compress, zoo
     from tflowrank.compression import QAT_EPOCHS
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     train, test = _data(*sizes)
     model = zoo.load_fashion_cnn()
     if plan_kind == "as decomposed":
@@ -135,12 +135,12 @@ def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epoch
     started = time.perf_counter()
     result = compress(model, train, test, target, cost=cost, finetune_epochs=epochs, qat=qat,
                       output_dir=out, methods=methods, cache=cache, plan=plan, profile_runs=runs,
-                      distill=distill, refit=refit, log=None, progress=False,
+                      distill=distill, refit=refit, log=None, progress=False, seed=seed,
                       **({} if qat_epochs is None else {"qat_epochs": qat_epochs}))
     return {
         "row": label, "budget": target, "cost": cost, "methods": list(methods) if methods else None,
         "qat": qat, "qat_epochs": (QAT_EPOCHS if qat_epochs is None else qat_epochs) if qat else None,
-        "distill": distill, "refit": refit,
+        "distill": distill, "refit": refit, "seed": seed,
         "plan": result.plan.to_dict(), "keras_top1": result.keras_accuracy,
         "int8_top1": result.tflite_accuracy, "baseline_top1": result.baseline_accuracy,
         "baseline_int8_top1": result.baseline_tflite_accuracy, "macs": result.macs,

@@ -119,3 +119,35 @@ def test_auto_uniform_plan_shares_the_budget_evenly(monkeypatch):
            "search_seconds": 12.0}
     text = auto.table({"rows": [row], "cached_search_seconds": 0.2})
     assert "3x tflowrank" in text and "-1.00" in text and "20.00" in text and "0.2 s" in text
+
+
+def test_seeds_summary_pairs_the_rows_by_seed(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import seeds
+
+    def row(kind, seed, top1):
+        return {"budget_name": "3x", "kind": kind, "seed": seed, "int8_top1": top1, "baseline_top1": 0.925}
+
+    rows = [row("tflowrank", 0, 0.920), row("uniform spatial", 0, 0.918),
+            row("tflowrank", 1, 0.917), row("uniform spatial", 1, 0.919),
+            row("tflowrank", 2, 0.921), row("uniform spatial", 2, 0.920)]
+    (entry,) = seeds.summary(rows)
+    ours = entry["rows"]["tflowrank"]
+    assert ours["points"] == pytest.approx({0: -0.5, 1: -0.8, 2: -0.4})
+    assert ours["mean"] == pytest.approx(-17 / 30) and ours["min"] == pytest.approx(-0.8)
+    assert ours["stdev"] == pytest.approx(0.2081666, abs=1e-6)
+    paired = entry["tflowrank_minus_uniform"]
+    assert paired["points"] == pytest.approx([0.2, -0.2, 0.1])
+    assert paired["tflowrank_ahead"] == 2 and paired["seeds"] == 3
+    text = seeds.table([entry])
+    assert "tflowrank - uniform (paired)" in text and "+0.03" in text
+    assert "tflowrank ahead in 2 of 3 seeds" in text
+
+
+def test_seeds_refuses_a_single_seed(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import seeds
+
+    with pytest.raises(SystemExit):
+        seeds.main(["--seeds", "1,1"])
+    assert "--seeds needs at least two different seeds; got '1,1'" in capsys.readouterr().err

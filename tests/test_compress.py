@@ -233,6 +233,7 @@ def test_cli_help_states_the_default_methods(capsys):
         main(["compress", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "default: spatial where it applies, svd elsewhere" in text
+    assert "--qat-epochs" in text and "(default 0.1)" in text
 
 
 def test_the_quantization_aware_epoch_continues_the_cosine_schedule():

@@ -1,11 +1,11 @@
 """compress: the one call from a trained Keras model to a profiled int8 TFLite file and a report.
 
 search (per-layer sensitivity, a method and a rank per layer for the budget) -> factorize ->
-batch-norm statistics re-estimated on training inputs -> fine-tune -> quantization-aware training
-(the last fine-tuning epoch) -> int8 export -> Keras and TFLite accuracy on the validation data ->
-host profile -> a report folder. Each stage is a public tflowrank call; this module only chains
-them and records what they measured. The report itself (Markdown, JSON, PNG plots) is written by
-:mod:`tflowrank.compression_report` from plain data.
+last factors refitted to the model's responses -> batch-norm statistics re-estimated on training
+inputs -> fine-tune, its last ``qat_epochs`` quantization-aware -> int8 export -> Keras and
+TFLite accuracy on the validation data -> host profile -> a report folder. Each stage is a public
+tflowrank call; this module only chains them and records what they measured. The report itself
+(Markdown, JSON, PNG plots) is written by :mod:`tflowrank.compression_report` from plain data.
 """
 
 import math
@@ -178,7 +178,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         raise ValueError("qat=True trains the end of the fine-tuning quantization-aware: it needs "
                          f"finetune_epochs >= 1 (or qat=False). Received: finetune_epochs={finetune_epochs}")
     if (isinstance(qat_epochs, bool) or not isinstance(qat_epochs, numbers.Real)
-            or not 0 < qat_epochs <= max(finetune_epochs, 1)):
+            or (qat and not 0 < qat_epochs <= finetune_epochs)):
         raise ValueError(f"`qat_epochs` must be a number in (0, finetune_epochs={finetune_epochs}]. "
                          f"Received: qat_epochs={qat_epochs!r}")
     for name, value in (("search_samples", search_samples), ("calibration_samples", calibration_samples),

@@ -1,9 +1,10 @@
 """The main job on embedded defaults: ``tflowrank.compress`` on the shipped Fashion-MNIST CNN.
 
 Baseline (shipped, or trained when missing) -> ``compress`` to a third of its MACs: per-layer
-sensitivity search over every method, factorization, fine-tuning whose last epoch is
-quantization-aware, int8 export, Keras and int8 TFLite accuracy on the test set, host latency
--> the report folder and one table. ``tflowrank demo`` and ``make demo`` run it.
+sensitivity search (spatial wherever it applies, svd elsewhere), factorization, refit,
+fine-tuning whose last tenth of an epoch is quantization-aware, int8 export, Keras and int8
+TFLite accuracy on the test set, host latency -> the report folder and one table.
+``tflowrank demo`` and ``make demo`` run it.
 """
 
 import time
