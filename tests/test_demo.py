@@ -18,7 +18,9 @@ def test_demo_runs_compress_end_to_end_on_a_slice(tmp_path):
     assert done.macs <= done.baseline_macs / 3 * 1.001
     assert done.params < done.baseline_params and done.int8_bytes < done.baseline_int8_bytes
     assert done.baseline_accuracy > 0.88  # the shipped baseline is trained
-    assert done.keras_accuracy > 0.75  # after one float and one QAT epoch on 2048 images
+    # after 1.9 float epochs and a 0.1-epoch (2-step) quantization-aware tail on 2048 images;
+    # without re-estimating the batch-norm statistics before they are folded: 0.69
+    assert done.keras_accuracy > 0.75
     assert abs(done.tflite_accuracy - done.keras_accuracy) < 0.02  # QAT: int8 agrees
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"model_int8.tflite", "baseline_int8.tflite", "baseline_float32.tflite",

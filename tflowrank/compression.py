@@ -295,6 +295,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         from .qat import quantize_aware
 
         log(f"quantization-aware training: {qat_steps / per_epoch:.3g} epoch(s)")
+        if float_steps:  # quantize_aware folds the moving statistics: make them the weights' own
+            _reestimate_batch_norm(compressed, x_train, batch_size, rng)
         final = quantize_aware(compressed)
         history["qat"] = _fit(final, x_train, targets, batches[float_steps:], float_steps, schedule,
                               train_loss, keras)
