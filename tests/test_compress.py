@@ -269,3 +269,12 @@ def test_fine_tuning_steps_cover_each_epoch_once_and_the_quantization_aware_tail
     assert len(tail["loss"]) == 1 and int(model.optimizer.iterations) == 1
     # after its one step the tail is at step 6 of 6, the decay's end (a restart: 0.0093)
     assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_positional_parameters_are_the_issue_contract():
+    import inspect
+
+    parameters = inspect.signature(compress).parameters
+    assert list(parameters)[:8] == ["model", "train_data", "val_data", "target", "cost",
+                                    "finetune_epochs", "qat", "export"]
+    assert parameters["qat_epochs"].kind is inspect.Parameter.KEYWORD_ONLY

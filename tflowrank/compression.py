@@ -30,9 +30,10 @@ _FRONTIER_TARGETS = (0.9, 0.7, 0.5, 0.4, 0.33, 0.25, 0.2, 0.15, 0.125, 0.1)
 DEFAULT_METHODS = ("spatial", "svd")
 # compress's default quantization-aware share of the fine-tuning, in epochs: the last tenth of
 # the last epoch. On the Fashion CNN (docs/benchmarks.md) a whole quantization-aware epoch of two
-# ended level with post-training int8 of two float epochs; the float model had lost ~0.3 points to
-# fake quantization. A short quantization-aware tail, at the cosine decay's smallest learning
-# rates, keeps the float epochs' accuracy and learns the ranges.
+# ended level with post-training int8 of two float epochs: fake quantization at a high learning
+# rate cost the float model 0.25-0.37 points. A short quantization-aware tail, at the cosine
+# decay's smallest learning rates, keeps the float epochs' accuracy and learns the ranges: +0.37
+# points over the whole epoch at 3x (same plan and batches, bench/auto.py at 77bf914).
 QAT_EPOCHS = 0.1
 
 
@@ -96,8 +97,8 @@ class CompressionResult:
 
 
 def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2, qat=True,
-             qat_epochs=QAT_EPOCHS,
-             export="model_int8.tflite", *, output_dir="tflowrank-compress", methods=None,
+             export="model_int8.tflite", *, qat_epochs=QAT_EPOCHS, output_dir="tflowrank-compress",
+             methods=None,
              candidates=10, multiple_of=1, cache=None, search_data=None, search_samples=1000,
              calibration_samples=500, refit=True, batch_size=128, learning_rate=2e-3, loss=None,
              distill=False, profile_runs=50, profile_options=None, plan=None, seed=0, log=print,
