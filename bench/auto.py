@@ -114,6 +114,18 @@ def decomposed_plan(model, train, target, cache, samples=1000, seed=0):
                   refit=False, first_applicable=True, progress=False)
 
 
+def run_settings(parser, args):
+    """``(budgets, epochs, sizes)`` from the ``--budgets``, ``--epochs`` and ``--quick``
+    arguments (shared with ``bench/seeds.py``); an unknown budget is a parser error."""
+    budgets = args.budgets.split(",") if args.budgets else (["3x"] if args.quick else list(BUDGETS))
+    unknown = [b for b in budgets if b not in BUDGETS]
+    if unknown:
+        parser.error(f"--budgets takes 3x, 5x, 8x; got {', '.join(unknown)}")
+    epochs = args.epochs if args.epochs is not None else (1 if args.quick else 2)
+    sizes = (4096, 1000) if args.quick else (60000, 10000)
+    return budgets, epochs, sizes
+
+
 def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epochs, qat, runs,
                   distill=False, refit=True, cost="macs", qat_epochs=None, seed=0):
     """One ``compress`` run in this (spawned) process, with ``seed``; returns its figures."""
@@ -189,12 +201,7 @@ def main(argv=None):
                              "(cost='latency'; repeatable)")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
-    budgets = args.budgets.split(",") if args.budgets else (["3x"] if args.quick else list(BUDGETS))
-    unknown = [b for b in budgets if b not in BUDGETS]
-    if unknown:
-        parser.error(f"--budgets takes 3x, 5x, 8x; got {', '.join(unknown)}")
-    epochs = args.epochs if args.epochs is not None else (1 if args.quick else 2)
-    sizes = (4096, 1000) if args.quick else (60000, 10000)
+    budgets, epochs, sizes = run_settings(parser, args)
     methods = None  # compress's default: spatial where it applies, svd elsewhere
     every = ("spatial", "svd", "tucker2", "output")  # the default before: every method competing
     singles = ("spatial", "svd") if args.quick else SINGLE_METHODS

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from _common import command_line, environment, format_table, load_average, run_isolated, write_json
-from auto import BUDGETS, _compress_row
+from auto import BUDGETS, _compress_row, run_settings
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "seeds.json"
 ROWS = ("tflowrank", "uniform spatial")
@@ -42,18 +42,13 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 2; --quick 1)")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
-    budgets = args.budgets.split(",") if args.budgets else (["3x"] if args.quick else list(BUDGETS))
-    unknown = [b for b in budgets if b not in BUDGETS]
-    if unknown:
-        parser.error(f"--budgets takes 3x, 5x, 8x; got {', '.join(unknown)}")
+    budgets, epochs, sizes = run_settings(parser, args)
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         parser.error(f"--seeds takes comma-separated integers; got {args.seeds!r}")
     if len(set(seeds)) < 2:
         parser.error(f"--seeds needs at least two different seeds; got {args.seeds!r}")
-    epochs = args.epochs if args.epochs is not None else (1 if args.quick else 2)
-    sizes = (4096, 1000) if args.quick else (60000, 10000)
     record = {"command": command_line(), "environment": environment(),
               "config": {"budgets": budgets, "seeds": seeds, "epochs": epochs, "train": sizes[0],
                          "test": sizes[1], "quick": args.quick},
