@@ -24,9 +24,37 @@ def command_line():
     return shlex.join([Path(sys.executable).name, *sys.argv])
 
 
+def require_fashion_mnist():
+    """Exit with a message unless the full Fashion-MNIST is on this machine: without it
+    ``tflowrank.datasets.fashion_mnist`` falls back to the subset shipped with tflowrank, and a
+    figure measured on that is not the figure a script names. Call it before any work."""
+    from tflowrank.datasets import fashion_mnist_source
+
+    if fashion_mnist_source() == "subset shipped with tflowrank":
+        sys.exit("bench: the full Fashion-MNIST is not on this machine (only the subset shipped "
+                 "with tflowrank, on which no figure here is comparable): `apt install "
+                 "dataset-fashion-mnist`, or set TFLOWRANK_DATA to a folder holding the four IDX "
+                 "files")
+
+
+def fashion_mnist(train, test):
+    """``((x_train, y_train), (x_test, y_test))``: the first ``train`` and ``test`` images of
+    the full Fashion-MNIST, scaled to [0, 1] (see ``require_fashion_mnist``)."""
+    from tflowrank import zoo
+    from tflowrank.datasets import fashion_mnist as load
+
+    require_fashion_mnist()
+    (x_train, y_train), (x_test, y_test) = load(verbose=False)
+    return ((zoo.prepare_images(x_train[:train]), y_train[:train]),
+            (zoo.prepare_images(x_test[:test]), y_test[:test]))
+
+
 def environment():
-    """Versions and CPU of this machine, for the record of a benchmark run."""
+    """Versions and CPU of this machine and the data source, for the record of a benchmark run."""
+    from tflowrank.datasets import fashion_mnist_source
+
     return {
+        "fashion_mnist": fashion_mnist_source(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": {name: _version(name) for name in PACKAGES},

@@ -45,22 +45,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import command_line, environment, format_table, load_average, run_isolated, write_json
+from _common import (
+    command_line,
+    environment,
+    fashion_mnist,
+    format_table,
+    load_average,
+    require_fashion_mnist,
+    run_isolated,
+    write_json,
+)
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "auto.json"
 BUDGETS = {"3x": 1 / 3, "5x": 1 / 5, "8x": 1 / 8}
 SINGLE_METHODS = ("spatial", "svd", "output", "tucker2", "cp")
 UNIFORM_LAYERS = ("conv2", "conv3", "conv4")
 TARGETS = {"3x": 0.3, "5x": 0.8, "8x": 2.0}  # points below the float32 baseline, at most
-
-
-def _data(train, test):
-    from tflowrank import zoo
-    from tflowrank.datasets import fashion_mnist
-
-    (x_train, y_train), (x_test, y_test) = fashion_mnist(verbose=False)
-    return ((zoo.prepare_images(x_train[:train]), y_train[:train]),
-            (zoo.prepare_images(x_test[:test]), y_test[:test]))
 
 
 def uniform_plan(model, method, target, layers=UNIFORM_LAYERS):
@@ -136,7 +136,7 @@ def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epoch
     from tflowrank.compression import QAT_EPOCHS
 
     keras.utils.set_random_seed(seed)
-    train, test = _data(*sizes)
+    train, test = fashion_mnist(*sizes)
     model = zoo.load_fashion_cnn()
     if plan_kind == "as decomposed":
         plan = decomposed_plan(model, train, target, cache)
@@ -176,7 +176,7 @@ def _pruning_row(folder, sizes, keep_params, epochs, runs):
     from tflowrank import evaluate_tflite, profile, zoo
 
     keras.utils.set_random_seed(0)
-    (x_train, y_train), (x_test, y_test) = _data(*sizes)
+    (x_train, y_train), (x_test, y_test) = fashion_mnist(*sizes)
     model = zoo.load_fashion_cnn()
     out = Path(folder) / "pruning"
     out.mkdir(parents=True, exist_ok=True)
@@ -205,6 +205,7 @@ def main(argv=None):
     methods = None  # compress's default: spatial where it applies, svd elsewhere
     every = ("spatial", "svd", "tucker2", "output")  # the default before: every method competing
     singles = ("spatial", "svd") if args.quick else SINGLE_METHODS
+    require_fashion_mnist()
     record = {"command": command_line(), "environment": environment(),
               "config": {"budgets": budgets, "epochs": epochs, "train": sizes[0], "test": sizes[1],
                          "runs": args.runs, "quick": args.quick, "qat": True,

@@ -39,8 +39,10 @@ from _common import (
     busy_cpu_seconds,
     command_line,
     environment,
+    fashion_mnist,
     format_table,
     load_average,
+    require_fashion_mnist,
     run_isolated,
     write_json,
 )
@@ -57,11 +59,9 @@ def plan_and_export(folder, targets, test_images):
     import numpy as np
 
     from tflowrank import zoo
-    from tflowrank.datasets import fashion_mnist
 
-    (x_train, _), (x_test, y_test) = fashion_mnist(verbose=False)
-    calibration = zoo.prepare_images(x_train[:500])
-    data = (zoo.prepare_images(x_test[:test_images]), np.asarray(y_test[:test_images]))
+    (calibration, _), (x_test, y_test) = fashion_mnist(500, test_images)
+    data = (x_test, np.asarray(y_test))
     model = zoo.load_fashion_cnn()
     folder = Path(folder)
     cache = folder / "sensitivity.json"
@@ -143,6 +143,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="--targets 0.5 --repeats 3 --runs 50")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
+    require_fashion_mnist()
     if args.quick:
         args.targets, args.repeats, args.runs = "0.5", 3, 50
     try:

@@ -46,8 +46,10 @@ from _common import (
     busy_cpu_seconds,
     command_line,
     environment,
+    fashion_mnist,
     format_table,
     load_average,
+    require_fashion_mnist,
     run_isolated,
     write_json,
 )
@@ -103,11 +105,8 @@ def selects(method):
 
 def fashion_data(test, train):
     """``(x_train[:train], (x_test[:test], y_test[:test]))`` of Fashion-MNIST, scaled to [0, 1]."""
-    from tflowrank import zoo
-    from tflowrank.datasets import fashion_mnist
-
-    (x_train, _), (x_test, y_test) = fashion_mnist(verbose=False)
-    return zoo.prepare_images(x_train[:train]), (zoo.prepare_images(x_test[:test]), y_test[:test])
+    (x_train, _), test_data = fashion_mnist(train, test)
+    return x_train, test_data
 
 
 def variant(model_name, method, ratio, seed, folder, export, test_images):
@@ -399,6 +398,8 @@ def main(argv=None):
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
     args.models = args.models or (["fashion"] if args.quick else list(MODELS))
+    if "fashion" in args.models:
+        require_fashion_mnist()
     args.ratios = args.ratios or ([0.33] if args.quick else list(RATIOS))
     if args.repeats is None:
         args.repeats = 2 if args.quick else 4

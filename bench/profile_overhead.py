@@ -31,7 +31,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import command_line, environment, format_table, load_average, run_isolated, write_json
+from _common import (
+    command_line,
+    environment,
+    fashion_mnist,
+    format_table,
+    load_average,
+    require_fashion_mnist,
+    run_isolated,
+    write_json,
+)
 from _common import interleaved_medians as measure
 
 import tflowrank
@@ -46,11 +55,9 @@ def build(folder):
     import numpy as np
 
     from tflowrank import zoo
-    from tflowrank.datasets import fashion_mnist
     from tflowrank.layers import FactorizedLayer
 
-    (x_train, _), _ = fashion_mnist(verbose=False)
-    calibration = zoo.prepare_images(x_train[:500])
+    (calibration, _), _ = fashion_mnist(500, 0)
     folder = Path(folder)
     files = {"floor": {}, "models": {}, "layers": {}}
 
@@ -108,6 +115,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="--repeats 3 --runs 50")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
+    require_fashion_mnist()
     if args.quick:
         args.repeats, args.runs = 3, 50
     if args.repeats < 2 or args.runs < 1:

@@ -27,7 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import command_line, environment, format_table, load_average, run_isolated, write_json
+from _common import (
+    command_line,
+    environment,
+    format_table,
+    load_average,
+    require_fashion_mnist,
+    run_isolated,
+    write_json,
+)
 from auto import BUDGETS, _compress_row, run_settings
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "seeds.json"
@@ -49,6 +57,7 @@ def main(argv=None):
         parser.error(f"--seeds takes comma-separated integers; got {args.seeds!r}")
     if len(set(seeds)) < 2:
         parser.error(f"--seeds needs at least two different seeds; got {args.seeds!r}")
+    require_fashion_mnist()
     record = {"command": command_line(), "environment": environment(),
               "config": {"budgets": budgets, "seeds": seeds, "epochs": epochs, "train": sizes[0],
                          "test": sizes[1], "quick": args.quick},

@@ -28,21 +28,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import command_line, environment, format_table, load_average, run_isolated, write_json
+from _common import (
+    command_line,
+    environment,
+    fashion_mnist,
+    format_table,
+    load_average,
+    require_fashion_mnist,
+    run_isolated,
+    write_json,
+)
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "training.json"
 TARGET_MACS = 1 / 3
 LAYERS = ["conv2", "conv3", "conv4"]
 CALIBRATION = 500
-
-
-def _data(train, test):
-    from tflowrank import zoo
-    from tflowrank.datasets import fashion_mnist
-
-    (x_train, y_train), (x_test, y_test) = fashion_mnist(verbose=False)
-    return ((zoo.prepare_images(x_train[:train]), y_train[:train]),
-            (zoo.prepare_images(x_test[:test]), y_test[:test]))
 
 
 class _EpochTimer:
@@ -108,7 +108,7 @@ ROWS = ("baseline", "qat", "factorized", "scheduled")
 def row_baseline(folder, sizes):
     from tflowrank import zoo
 
-    train, test = _data(*sizes)
+    train, test = fashion_mnist(*sizes)
     return {"row": "baseline", **_measure(zoo.load_fashion_cnn(), "baseline", folder, train, test),
             "epochs": 0}
 
@@ -117,7 +117,7 @@ def row_qat(folder, sizes, epochs):
     import tflowrank
     from tflowrank import zoo
 
-    train, test = _data(*sizes)
+    train, test = fashion_mnist(*sizes)
     plain_seconds, _ = _fit(zoo.load_fashion_cnn(), *train, 1, 1e-4)
     qat = tflowrank.quantize_aware(zoo.load_fashion_cnn())
     seconds, history = _fit(qat, *train, epochs, 1e-4)
@@ -130,7 +130,7 @@ def row_factorized(folder, sizes, epochs):
     import tflowrank
     from tflowrank import zoo
 
-    train, test = _data(*sizes)
+    train, test = fashion_mnist(*sizes)
     model = tflowrank.factorize(zoo.load_fashion_cnn(), "spatial", target_macs=TARGET_MACS,
                                 layers=LAYERS)
     before = _top1(model, test)
@@ -145,7 +145,7 @@ def row_scheduled(folder, sizes, epochs, qat_epochs):
     from tflowrank import zoo
     from tflowrank.callbacks import RankScheduler
 
-    train, test = _data(*sizes)
+    train, test = fashion_mnist(*sizes)
     model = tflowrank.factorize(zoo.load_fashion_cnn(), "spatial", rank=1.0, layers=LAYERS)
     full_macs = tflowrank.cost(model).macs
     scheduler = RankScheduler(target_macs=TARGET_MACS, end_epoch=1, every=100)
@@ -178,6 +178,7 @@ def main(argv=None):
                              "always run first)")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
+    require_fashion_mnist()
     chosen = [name.strip() for name in args.rows.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in ROWS]
     if unknown:

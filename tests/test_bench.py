@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from tflowrank.datasets import fashion_mnist_source
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+needs_fashion_mnist = pytest.mark.skipif(
+    fashion_mnist_source() == "subset shipped with tflowrank",
+    reason="the benchmarks refuse to run without the full Fashion-MNIST")
 
 
 @pytest.mark.slow
@@ -44,6 +49,7 @@ def test_compress_example_runs(tmp_path):
 
 
 @pytest.mark.slow
+@needs_fashion_mnist
 def test_methods_quick_mode_writes_its_json(tmp_path):
     out = tmp_path / "methods.json"
     result = subprocess.run(
@@ -61,6 +67,7 @@ def test_methods_quick_mode_writes_its_json(tmp_path):
 
 
 @pytest.mark.slow
+@needs_fashion_mnist
 def test_training_quick_mode_writes_its_json(tmp_path):
     out = tmp_path / "training.json"
     result = subprocess.run(
@@ -79,6 +86,7 @@ def test_training_quick_mode_writes_its_json(tmp_path):
 
 
 @pytest.mark.slow
+@needs_fashion_mnist
 def test_profile_overhead_quick_mode_writes_its_json(tmp_path):
     pytest.importorskip("tflite_micro")
     out = tmp_path / "profile.json"
@@ -151,3 +159,17 @@ def test_seeds_refuses_a_single_seed(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         seeds.main(["--seeds", "1,1"])
     assert "--seeds needs at least two different seeds; got '1,1'" in capsys.readouterr().err
+
+
+def test_benchmarks_refuse_the_shipped_subset(monkeypatch, capsys):
+    """No figure is measured on the subset that stands in for missing data."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import _common
+    import seeds
+
+    from tflowrank import datasets
+
+    monkeypatch.setattr(datasets, "fashion_mnist_source", lambda: "subset shipped with tflowrank")
+    for call in (lambda: _common.fashion_mnist(4096, 1000), lambda: seeds.main(["--quick"])):
+        with pytest.raises(SystemExit, match="the full Fashion-MNIST is not on this machine"):
+            call()

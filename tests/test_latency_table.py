@@ -184,6 +184,7 @@ def latency_search(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_latency_plan_meets_the_budget(latency_search):
     model, data, folder, plan, caught = latency_search
     assert plan.cost == "latency" and plan.target == 0.6
@@ -209,6 +210,7 @@ def test_latency_plan_meets_the_budget(latency_search):
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_latency_cache_gives_the_same_plan_without_converting(latency_search, monkeypatch):
     model, data, folder, plan, _ = latency_search
 
