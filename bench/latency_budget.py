@@ -78,7 +78,7 @@ def plan_and_export(folder, targets, test_images):
             continue
         out["plans"][str(target)] = plan.to_dict()
     out["latency_entries"] = len(json.loads((folder / "sensitivity.latency.json").read_text())["entries"])
-    x_eval, y_eval = zoo.prepare_images(x_test), np.asarray(y_test)
+    x_eval, y_eval = data
 
     def top1(keras_model):
         return float(np.mean(keras_model.predict(x_eval, batch_size=500, verbose=0).argmax(-1) == y_eval))

@@ -25,15 +25,17 @@ _FRONTIER_TARGETS = (0.9, 0.7, 0.5, 0.4, 0.33, 0.25, 0.2, 0.15, 0.125, 0.1)
 # there is not what fine-tunes best. On the Fashion CNN (bench/auto.py, docs/benchmarks.md), with
 # the table scored as decomposed, letting spatial, svd, tucker2 and output compete ended 0.21
 # points below spatial alone after the same fine-tuning (CP alone is the lowest method); with
-# the refitted table the mixed search picks spatial for most layers and ends level (-0.69
-# against -0.68 at 3x) after a search three times as long. methods= brings the others back.
+# the refitted table the mixed search picks spatial for most layers and ends level or below
+# (-0.69 against -0.68 at 3x at cbb3e8e, -0.56 against -0.44 at fb6c49b) after a search three to
+# four times as long. methods= brings the others back.
 DEFAULT_METHODS = ("spatial", "svd")
 # compress's default quantization-aware share of the fine-tuning, in epochs: the last tenth of
 # the last epoch. On the Fashion CNN (docs/benchmarks.md) a whole quantization-aware epoch of two
 # ended level with post-training int8 of two float epochs: fake quantization at a high learning
 # rate cost the float model 0.25-0.37 points. A short quantization-aware tail, at the cosine
-# decay's smallest learning rates, keeps the float epochs' accuracy and learns the ranges: +0.37
-# points over the whole epoch at 3x (same plan and batches, bench/auto.py at 77bf914).
+# decay's smallest learning rates, keeps the float epochs' accuracy and learns the ranges: +0.12
+# points over the whole epoch and +0.05 over post-training int8 at 3x (same plan and batches,
+# bench/auto.py at fb6c49b; +0.37 and -0.05 in the partial run at 77bf914).
 QAT_EPOCHS = 0.1
 
 
