@@ -1,6 +1,6 @@
 """Latency budget mode: does search(cost="latency") land the measured host latency on the budget?
 
-    python bench/latency_budget.py              # about 10 minutes on 2 cores
+    python bench/latency_budget.py              # 4-10 minutes on 2 cores
     python bench/latency_budget.py --quick      # targets 0.5 only, fewer repeats
 
 Model: the trained Fashion-MNIST CNN shipped with tflowrank. ``tflowrank.search(model, data,

@@ -1,6 +1,6 @@
 """tflowrank against the uniform spatial split over several seeds: is the difference real?
 
-    python bench/seeds.py                   # seeds 0, 1, 2 at 3x, 5x, 8x: about 80 minutes on 2 cores
+    python bench/seeds.py                   # seeds 0, 1, 2 at 3x, 5x, 8x: 30-80 minutes on 2 cores
     python bench/seeds.py --budgets 3x --seeds 0,1,2,3,4
     python bench/seeds.py --quick           # smoke test: 4,096 training / 1,000 test images, 3x, 1 epoch
 
