@@ -60,8 +60,7 @@ def plan_and_export(folder, targets, test_images):
 
     from tflowrank import zoo
 
-    (calibration, _), (x_test, y_test) = fashion_mnist(500, test_images)
-    data = (x_test, np.asarray(y_test))
+    (calibration, _), data = fashion_mnist(500, test_images)
     model = zoo.load_fashion_cnn()
     folder = Path(folder)
     cache = folder / "sensitivity.json"

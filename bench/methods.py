@@ -103,12 +103,6 @@ def selects(method):
     return chosen
 
 
-def fashion_data(test, train):
-    """``(x_train[:train], (x_test[:test], y_test[:test]))`` of Fashion-MNIST, scaled to [0, 1]."""
-    (x_train, _), test_data = fashion_mnist(train, test)
-    return x_train, test_data
-
-
 def variant(model_name, method, ratio, seed, folder, export, test_images):
     """Build the model, factorize it (method None: the baseline), measure, optionally export.
 
@@ -125,8 +119,8 @@ def variant(model_name, method, ratio, seed, folder, export, test_images):
     model = build_model(model_name, seed)
     checksum = float(sum(np.abs(w).sum(dtype=np.float64) for w in model.get_weights()))
     fashion = model_name == "fashion"
-    train, test = fashion_data(test_images, max(OUTPUT_CALIBRATION, INT8_CALIBRATION["fashion"])) \
-        if fashion else (None, None)
+    (train, _), test = fashion_mnist(max(OUTPUT_CALIBRATION, INT8_CALIBRATION["fashion"]),
+                                     test_images) if fashion else ((None, None), None)
     record = {"model": model_name, "method": method, "ratio": ratio, "weights_checksum": checksum,
               "blas_threads": blas_threads()}
     if method is not None:
