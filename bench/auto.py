@@ -39,6 +39,7 @@ the int8 file (and how many times smaller than the float32 baseline's), host int
 """
 
 import argparse
+import inspect
 import math
 import sys
 import tempfile
@@ -116,19 +117,24 @@ def decomposed_plan(model, train, target, cache, samples=1000, seed=0):
 
 def run_settings(parser, args):
     """``(budgets, epochs, sizes)`` from the ``--budgets``, ``--epochs`` and ``--quick``
-    arguments (shared with ``bench/seeds.py``); an unknown budget is a parser error."""
+    arguments (shared with ``bench/seeds.py``); an unknown budget or a learning rate <= 0 is a
+    parser error."""
     budgets = args.budgets.split(",") if args.budgets else (["3x"] if args.quick else list(BUDGETS))
     unknown = [b for b in budgets if b not in BUDGETS]
     if unknown:
         parser.error(f"--budgets takes 3x, 5x, 8x; got {', '.join(unknown)}")
     epochs = args.epochs if args.epochs is not None else (1 if args.quick else 2)
+    if args.learning_rate is not None and not args.learning_rate > 0:
+        parser.error(f"--learning-rate must be > 0; got {args.learning_rate!r}")
     sizes = (4096, 1000) if args.quick else (60000, 10000)
     return budgets, epochs, sizes
 
 
 def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epochs, qat, runs,
-                  distill=False, refit=True, cost="macs", qat_epochs=None, seed=0):
-    """One ``compress`` run in this (spawned) process, with ``seed``; returns its figures."""
+                  distill=False, refit=True, cost="macs", qat_epochs=None, seed=0,
+                  learning_rate=None):
+    """One ``compress`` run in this (spawned) process, with ``seed`` (and ``learning_rate``,
+    None: ``compress``'s default); returns its figures."""
     import keras
     from _pruning import gzip_size
 
@@ -148,11 +154,14 @@ def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epoch
     result = compress(model, train, test, target, cost=cost, finetune_epochs=epochs, qat=qat,
                       output_dir=out, methods=methods, cache=cache, plan=plan, profile_runs=runs,
                       distill=distill, refit=refit, log=None, progress=False, seed=seed,
-                      **({} if qat_epochs is None else {"qat_epochs": qat_epochs}))
+                      **({} if qat_epochs is None else {"qat_epochs": qat_epochs}),
+                      **({} if learning_rate is None else {"learning_rate": learning_rate}))
     return {
         "row": label, "budget": target, "cost": cost, "methods": list(methods) if methods else None,
         "qat": qat, "qat_epochs": (QAT_EPOCHS if qat_epochs is None else qat_epochs) if qat else None,
         "distill": distill, "refit": refit, "seed": seed,
+        "learning_rate": (inspect.signature(compress).parameters["learning_rate"].default
+                          if learning_rate is None else learning_rate),
         "plan": result.plan.to_dict(), "keras_top1": result.keras_accuracy,
         "int8_top1": result.tflite_accuracy, "baseline_top1": result.baseline_accuracy,
         "baseline_int8_top1": result.baseline_tflite_accuracy, "macs": result.macs,
@@ -195,6 +204,8 @@ def main(argv=None):
     parser.add_argument("--no-comparisons", action="store_true",
                         help="only tflowrank and uniform spatial at each budget")
     parser.add_argument("--no-pruning", action="store_true", help="skip the tfmot pruning row")
+    parser.add_argument("--learning-rate", type=float,
+                        help="the fine-tuning's learning rate (default: compress's)")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per int8 model")
     parser.add_argument("--latency", type=float, action="append", default=[],
                         help="also compress to this fraction of the host int8 latency "
@@ -209,6 +220,7 @@ def main(argv=None):
     record = {"command": command_line(), "environment": environment(),
               "config": {"budgets": budgets, "epochs": epochs, "train": sizes[0], "test": sizes[1],
                          "runs": args.runs, "quick": args.quick, "qat": True,
+                         "learning_rate": args.learning_rate,
                          "targets_points_below": TARGETS},
               "load_average_start": load_average(), "rows": []}
     started = time.perf_counter()
@@ -218,7 +230,9 @@ def main(argv=None):
         def run(function, *extra):
             print(f"[auto] {extra[0] if function is _compress_row else 'tfmot pruning'} ...",
                   flush=True)
-            row = run_isolated(function, folder, sizes, *extra)
+            options = ({"learning_rate": args.learning_rate}
+                       if function is _compress_row and args.learning_rate is not None else {})
+            row = run_isolated(function, folder, sizes, *extra, **options)
             record["rows"].append(row)
             write_json(args.json, record)
             return row

@@ -48,6 +48,8 @@ def main(argv=None):
     parser.add_argument("--budgets", help="comma-separated of 3x,5x,8x (default all; --quick 3x)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated integers (default 0,1,2)")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 2; --quick 1)")
+    parser.add_argument("--learning-rate", type=float,
+                        help="the fine-tuning's learning rate (default: compress's)")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
     budgets, epochs, sizes = run_settings(parser, args)
@@ -60,7 +62,8 @@ def main(argv=None):
     require_fashion_mnist()
     record = {"command": command_line(), "environment": environment(),
               "config": {"budgets": budgets, "seeds": seeds, "epochs": epochs, "train": sizes[0],
-                         "test": sizes[1], "quick": args.quick},
+                         "test": sizes[1], "quick": args.quick,
+                         "learning_rate": args.learning_rate},
               "load_average_start": load_average(), "rows": []}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-seeds-") as folder:
@@ -73,7 +76,7 @@ def main(argv=None):
                     row = run_isolated(_compress_row, folder, sizes, label, BUDGETS[name], None,
                                        "spatial" if kind == "uniform spatial" else None,
                                        None if kind == "uniform spatial" else cache, epochs, True,
-                                       5, seed=seed)
+                                       5, seed=seed, learning_rate=args.learning_rate)
                     row.update(budget_name=name, kind=kind)
                     record["rows"].append(row)
                     write_json(args.json, record)
