@@ -1,6 +1,7 @@
 """compress: the one-call pipeline, its report folder, its CLI and its argument errors."""
 
 import importlib.util
+import inspect
 import json
 
 import keras
@@ -135,7 +136,7 @@ def test_cli_compress_writes_the_report(model, data, tmp_path, capsys):
     np.savez(tmp_path / "data.npz", x_train=xt, y_train=yt, x_test=xv, y_test=yv)
     status = main(["compress", str(path), "--data", str(tmp_path / "data.npz"), "--target", "0.6",
                    "-o", str(tmp_path / "out"), "--epochs", "1", "--no-qat", "--no-refit",
-                   "--methods", "spatial,svd",
+                   "--methods", "spatial,svd", "--learning-rate", "1e-3", "--seed", "3",
                    "--candidates", "3", "--runs", "3"])
     assert status == 0
     printed = capsys.readouterr()
@@ -143,6 +144,7 @@ def test_cli_compress_writes_the_report(model, data, tmp_path, capsys):
     assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "model_int8.tflite").is_file()
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["settings"]["refit"] is False and report["settings"]["qat"] is False
+    assert report["settings"]["learning_rate"] == 1e-3 and report["settings"]["seed"] == 3
     assert report["refit"] == []
 
 
@@ -234,6 +236,19 @@ def test_cli_help_states_the_default_methods(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "default: spatial where it applies, svd elsewhere" in text
     assert "--qat-epochs" in text and "(default 0.1)" in text
+    default = inspect.signature(compress).parameters["learning_rate"].default
+    assert f"--learning-rate LEARNING_RATE the fine-tuning's peak learning rate (Adam, one cosine decay; default {default:g})" in text
+
+
+def test_cli_compress_names_a_bad_learning_rate(model, tmp_path, capsys):
+    path = tmp_path / "small.keras"
+    model.save(path)
+    x = np.zeros((4, 12, 12, 3), "float32")
+    np.savez(tmp_path / "data.npz", x_train=x, y_train=np.zeros(4), x_val=x, y_val=np.zeros(4))
+    assert main(["compress", str(path), "--data", str(tmp_path / "data.npz"), "--target", "0.5",
+                 "-o", str(tmp_path / "out"), "--learning-rate", "-0.1"]) == 2
+    assert "Received: learning_rate=-0.1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_quantization_aware_epoch_continues_the_cosine_schedule():
@@ -272,8 +287,6 @@ def test_fine_tuning_steps_cover_each_epoch_once_and_the_quantization_aware_tail
 
 
 def test_the_positional_parameters_are_the_issue_contract():
-    import inspect
-
     parameters = inspect.signature(compress).parameters
     assert list(parameters)[:8] == ["model", "train_data", "val_data", "target", "cost",
                                     "finetune_epochs", "qat", "export"]

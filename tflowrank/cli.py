@@ -139,6 +139,11 @@ def _parser():
     p.add_argument("--no-refit", action="store_true",
                    help="keep the factorized layers' last factors as decomposed (no least-squares "
                         "refit to the model's responses)")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="the fine-tuning's peak learning rate (Adam, one cosine decay; default "
+                        f"{_compress_default('learning_rate'):g})")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the search subset and the fine-tuning (default 0)")
     p.add_argument("--methods", help="comma-separated, all competing for every layer (default: "
                                      "spatial where it applies, svd elsewhere)")
     p.add_argument("--candidates", type=int, default=10, help="ranks measured per layer and method")
@@ -365,6 +370,16 @@ def _labelled(spec):
             (data[f"x_{val}"].astype(np.float32), data[f"y_{val}"]))
 
 
+def _compress_default(name):
+    """``compress``'s default for argument ``name`` (read from its signature, no TensorFlow
+    import)."""
+    import inspect
+
+    from .compression import compress
+
+    return inspect.signature(compress).parameters[name].default
+
+
 def _compress(args):
     from .compression import compress
 
@@ -380,6 +395,8 @@ def _compress(args):
     result = compress(model, train, val, args.target, cost=args.cost, finetune_epochs=args.epochs,
                       qat=not args.no_qat, refit=not args.no_refit, output_dir=args.output,
                       methods=methods, **({} if args.qat_epochs is None else {"qat_epochs": args.qat_epochs}),
+                      **({} if args.learning_rate is None else {"learning_rate": args.learning_rate}),
+                      seed=args.seed,
                       candidates=args.candidates, multiple_of=args.multiple_of, cache=args.cache,
                       profile_runs=args.runs, log=lambda line: print(line, file=sys.stderr))
     print(result)
