@@ -3,6 +3,7 @@
     python bench/auto.py            # full data: budgets 3x, 5x, 8x fewer MACs
     python bench/auto.py --quick    # smoke test: 4,096 training / 1,000 test images, 3x, 1 epoch
     python bench/auto.py --latency 0.5    # also compress to half the host int8 latency
+    python bench/auto.py --learning-rate 4e-3    # every compress row at another learning rate
 
 The starting point is the trained CNN shipped with tflowrank (92.5% top-1, full data). Every row
 runs in a fresh spawned process with the same seed and the same pipeline (``compress``:

@@ -2,6 +2,8 @@
 
     python bench/seeds.py                   # seeds 0, 1, 2 at 3x, 5x, 8x: 30-80 minutes on 2 cores
     python bench/seeds.py --budgets 3x --seeds 0,1,2,3,4
+    python bench/seeds.py --budgets 3x --seeds 0,1 --epochs 6    # a longer fine-tuning
+    python bench/seeds.py --learning-rate 4e-3                   # another fine-tuning learning rate
     python bench/seeds.py --quick           # smoke test: 4,096 training / 1,000 test images, 3x, 1 epoch
 
 ``bench/auto.py`` runs each row once, with seed 0. On the Fashion-MNIST CNN the same plan through

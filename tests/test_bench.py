@@ -1,5 +1,6 @@
 """Benchmark and example scripts still run (their figures are not tested)."""
 
+import importlib
 import json
 import subprocess
 import sys
@@ -159,6 +160,16 @@ def test_seeds_refuses_a_single_seed(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         seeds.main(["--seeds", "1,1"])
     assert "--seeds needs at least two different seeds; got '1,1'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["auto", "seeds"])
+def test_a_learning_rate_at_or_below_zero_is_a_usage_error(monkeypatch, capsys, script):
+    monkeypatch.syspath_prepend(str(BENCH))
+    module = importlib.import_module(script)
+
+    with pytest.raises(SystemExit):
+        module.main(["--learning-rate", "0"])
+    assert "--learning-rate must be > 0; got 0.0" in capsys.readouterr().err
 
 
 def test_benchmarks_refuse_the_shipped_subset(monkeypatch, capsys):
