@@ -40,7 +40,7 @@ the int8 file (and how many times smaller than the float32 baseline's), host int
 """
 
 import argparse
-import inspect
+import json
 import math
 import sys
 import tempfile
@@ -161,8 +161,7 @@ def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epoch
         "row": label, "budget": target, "cost": cost, "methods": list(methods) if methods else None,
         "qat": qat, "qat_epochs": (QAT_EPOCHS if qat_epochs is None else qat_epochs) if qat else None,
         "distill": distill, "refit": refit, "seed": seed,
-        "learning_rate": (inspect.signature(compress).parameters["learning_rate"].default
-                          if learning_rate is None else learning_rate),
+        "learning_rate": json.loads((out / "report.json").read_text())["settings"]["learning_rate"],
         "plan": result.plan.to_dict(), "keras_top1": result.keras_accuracy,
         "int8_top1": result.tflite_accuracy, "baseline_top1": result.baseline_accuracy,
         "baseline_int8_top1": result.baseline_tflite_accuracy, "macs": result.macs,

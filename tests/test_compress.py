@@ -11,6 +11,7 @@ import pytest
 import tflowrank
 from tflowrank import CompressionPlan, compress
 from tflowrank.cli import main
+from tflowrank.compression import default_learning_rate
 from tflowrank.tflite_model import inspect_tflite
 
 METHODS = ("spatial", "svd", "output")
@@ -82,6 +83,8 @@ def test_compress_meets_the_target_and_writes_a_complete_report(compressed, mode
     assert report["settings"]["qat"] is True and report["settings"]["val_samples"] == 128
     # 1 epoch of 8 steps, the last round(0.1 x 8) = 1 of them quantization-aware
     assert report["settings"]["qat_epochs"] == 0.1
+    kept = result.macs / result.baseline_macs
+    assert report["settings"]["learning_rate"] == default_learning_rate(kept)
     assert len(report["history"]["float"]["loss"]) == 1 and len(report["history"]["qat"]["loss"]) == 1
     assert any(line == "quantization-aware training: 0.125 epoch(s)" for line in lines)
     assert "the last 0.1 epoch(s) of it quantization-aware" in (out / "report.md").read_text()
@@ -205,7 +208,8 @@ def test_cli_compress_names_missing_arrays(model, tmp_path, capsys):
     ({"val_data": (np.zeros((0, 12, 12, 3)), np.zeros(0))}, r"`val_data` is empty"),
     ({"train_data": np.zeros((4, 12, 12, 3))}, r"`train_data` must be a pair \(x, y\)"),
     ({"export": "model.bin"}, r"`export` must be a \.tflite file name\. Received: export='model.bin'"),
-    ({"learning_rate": 0}, r"`learning_rate` must be a number > 0\. Received: learning_rate=0"),
+    ({"learning_rate": 0}, r"`learning_rate` must be a number > 0 or None\. Received: learning_rate=0"),
+    ({"learning_rate": "fast"}, r"`learning_rate` must be .* Received: learning_rate='fast'"),
     ({"distill": 1}, r"`distill` must be True or False\. Received: distill=1"),
     ({"refit": "yes"}, r"`refit` must be True or False\. Received: refit='yes'"),
 ])
@@ -236,8 +240,8 @@ def test_cli_help_states_the_default_methods(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "default: spatial where it applies, svd elsewhere" in text
     assert "--qat-epochs" in text and "(default 0.1)" in text
-    default = inspect.signature(compress).parameters["learning_rate"].default
-    assert f"--learning-rate LEARNING_RATE the fine-tuning's peak learning rate (Adam, one cosine decay; default {default:g})" in text
+    assert ("--learning-rate LEARNING_RATE the fine-tuning's peak learning rate (Adam, one cosine "
+            "decay; default: 2e-3 when the model keeps more than a quarter of its MACs, 4e-3 below)") in text
 
 
 def test_cli_compress_names_a_bad_learning_rate(model, tmp_path, capsys):
@@ -284,6 +288,13 @@ def test_fine_tuning_steps_cover_each_epoch_once_and_the_quantization_aware_tail
     assert len(tail["loss"]) == 1 and int(model.optimizer.iterations) == 1
     # after its one step the tail is at step 6 of 6, the decay's end (a restart: 0.0093)
     assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_default_learning_rate_follows_the_depth_of_the_cut():
+    assert default_learning_rate(1.0) == default_learning_rate(1 / 3) == 2e-3
+    assert default_learning_rate(0.2501) == 2e-3
+    assert default_learning_rate(0.25) == default_learning_rate(1 / 8) == 4e-3
+    assert default_learning_rate(0.0) == 4e-3
 
 
 def test_the_positional_parameters_are_the_issue_contract():

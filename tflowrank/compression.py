@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["compress", "CompressionResult"]
+__all__ = ["compress", "CompressionResult", "default_learning_rate"]
 
 _BN_BATCHES = 50  # batches of training inputs that re-estimate batch-norm statistics
 _FRONTIER_TARGETS = (0.9, 0.7, 0.5, 0.4, 0.33, 0.25, 0.2, 0.15, 0.125, 0.1)
@@ -37,6 +37,21 @@ DEFAULT_METHODS = ("spatial", "svd")
 # points over the whole epoch and +0.05 over post-training int8 at 3x (same plan and batches,
 # bench/auto.py at fb6c49b; +0.37 and -0.05 in the partial run at 77bf914).
 QAT_EPOCHS = 0.1
+# compress's learning rate when none is given (Adam, the peak of one cosine decay): the deeper the
+# cut, the further the fine-tuning has to move the weights. On the Fashion CNN over 3 seeds
+# (bench/seeds.py, docs/benchmarks.md) 2e-3 was best keeping a third of the MACs (4e-3 cost the
+# search's plans 0.20 points there), 4e-3 was level at a fifth (+0.03) and 0.31 points better at
+# an eighth (the 8x target met only there); 8e-3 was no better (two seeds, uniform plans).
+LEARNING_RATES = ((0.25, 2e-3), (0.0, 4e-3))  # (kept MACs share above which, learning rate)
+
+
+def default_learning_rate(macs_kept):
+    """The fine-tuning learning rate ``compress`` uses when given none: 2e-3 when the factorized
+    model keeps more than a quarter of its MACs (``macs_kept``, a fraction), 4e-3 below."""
+    for above, rate in LEARNING_RATES:
+        if macs_kept > above:
+            return rate
+    return LEARNING_RATES[-1][1]
 
 
 @dataclass(frozen=True)
@@ -102,7 +117,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
              export="model_int8.tflite", *, qat_epochs=QAT_EPOCHS, output_dir="tflowrank-compress",
              methods=None,
              candidates=10, multiple_of=1, cache=None, search_data=None, search_samples=1000,
-             calibration_samples=500, refit=True, batch_size=128, learning_rate=2e-3, loss=None,
+             calibration_samples=500, refit=True, batch_size=128, learning_rate=None, loss=None,
              distill=False, profile_runs=50, profile_options=None, plan=None, seed=0, log=print,
              progress=None):
     """Compress ``model`` to ``target`` of its cost, fine-tune it, export int8 TFLite, report.
@@ -142,7 +157,9 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             before it); on the Fashion-MNIST CNN it was worth +0.23 points after fine-tuning
             (the uniform 3x split, docs/benchmarks.md).
         batch_size, learning_rate: fine-tuning (Adam; one cosine decay of ``learning_rate`` to 0
-            over all the epochs, the quantization-aware one included).
+            over all the epochs, the quantization-aware one included). ``learning_rate`` None:
+            by the depth of the cut (``default_learning_rate``): 2e-3 when the factorized model
+            keeps more than a quarter of the input model's MACs, 4e-3 below.
         loss: the training loss; None: the model's compiled loss, else sparse categorical
             cross-entropy (from logits unless the last layer applies a softmax).
         distill: fine-tune on the input model's outputs too (knowledge distillation; off by
@@ -187,8 +204,11 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     for name, value in (("search_samples", search_samples), ("calibration_samples", calibration_samples),
                         ("batch_size", batch_size), ("profile_runs", profile_runs)):
         _check_int(name, value, 1)
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) or learning_rate <= 0:
-        raise ValueError(f"`learning_rate` must be a number > 0. Received: learning_rate={learning_rate!r}")
+    if learning_rate is not None and (isinstance(learning_rate, bool)
+                                      or not isinstance(learning_rate, numbers.Real)
+                                      or not learning_rate > 0):
+        raise ValueError("`learning_rate` must be a number > 0 or None. "
+                         f"Received: learning_rate={learning_rate!r}")
     if profile_options is not None and not isinstance(profile_options, dict):
         raise TypeError("`profile_options` must be a dict of tflowrank.profile arguments. "
                         f"Received: profile_options={profile_options!r}")
@@ -269,6 +289,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     compressed_cost = model_cost(compressed)
     log(f"factorized: {compressed_cost.macs:,} MACs ({compressed_cost.macs / baseline_cost.macs:.3f}), "
         f"{compressed_cost.params:,} params; top-1 before fine-tuning {after_factorize:.4f}")
+    if learning_rate is None:
+        learning_rate = default_learning_rate(compressed_cost.macs / baseline_cost.macs)
 
     stage = time.perf_counter()
     loss = _loss(model, loss, keras)
