@@ -87,6 +87,10 @@ def test_compress_meets_the_target_and_writes_a_complete_report(compressed, mode
     assert report["settings"]["learning_rate"] == default_learning_rate(kept)
     assert len(report["history"]["float"]["loss"]) == 1 and len(report["history"]["qat"]["loss"]) == 1
     assert any(line == "quantization-aware training: 0.125 epoch(s)" for line in lines)
+    rate = f"{default_learning_rate(kept):g}"
+    assert any(line.startswith("fine-tune: ") and line.endswith(f"peak learning rate {rate}")
+               for line in lines)
+    assert f"(Adam, peak learning rate {rate})" in (out / "report.md").read_text()
     assert "the last 0.1 epoch(s) of it quantization-aware" in (out / "report.md").read_text()
     assert report["settings"]["refit"] is True and report["settings"]["first_applicable"] is False
     refitted = {row["layer"]: row for row in report["refit"]}

@@ -311,7 +311,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     schedule = (learning_rate, len(batches), per_epoch)
     history = {}
     if float_steps:
-        log(f"fine-tune: {float_steps / per_epoch:.3g} epoch(s) on {len(x_train)} samples"
+        log(f"fine-tune: {float_steps / per_epoch:.3g} epoch(s) on {len(x_train)} samples, "
+            f"peak learning rate {learning_rate:g}"
             + (" (distilled from the input model)" if distill else ""))
         history["float"] = _fit(compressed, x_train, targets, batches[:float_steps], 0, schedule,
                                 train_loss, keras)

@@ -19,6 +19,11 @@ _COLORS = {"spatial": "#1f77b4", "svd": "#ff7f0e", "tucker2": "#2ca02c", "cp": "
            "tucker2_spatial": "#9467bd", "output": "#8c564b", None: "#b0b0b0"}
 
 
+def _rate_words(settings):
+    rate = settings.get("learning_rate")  # reports written before it was recorded: none
+    return "" if rate is None else f" (Adam, peak learning rate {rate:g})"
+
+
 def _qat_words(settings):
     """How the report states the int8 path (reports written before ``qat_epochs`` had a whole
     quantization-aware last epoch)."""
@@ -80,6 +85,7 @@ def markdown(data, plots=(), notes=()):
     lines += [f"Target: {settings.get('target')} of the {plan['cost']} "
               f"(reached {plan['total_after'] / plan['total_before']:.3f} predicted); "
               f"fine-tuning {settings.get('finetune_epochs')} epoch(s)"
+              f"{_rate_words(settings)}"
               f"{', distilled from the input model' if settings.get('distill') else ''}"
               f"{_qat_words(settings)}; "
               f"validation: {settings.get('val_samples')} samples; sensitivities scored on "
