@@ -155,8 +155,8 @@ def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epoch
     result = compress(model, train, test, target, cost=cost, finetune_epochs=epochs, qat=qat,
                       output_dir=out, methods=methods, cache=cache, plan=plan, profile_runs=runs,
                       distill=distill, refit=refit, log=None, progress=False, seed=seed,
-                      **({} if qat_epochs is None else {"qat_epochs": qat_epochs}),
-                      **({} if learning_rate is None else {"learning_rate": learning_rate}))
+                      learning_rate=learning_rate,
+                      **({} if qat_epochs is None else {"qat_epochs": qat_epochs}))
     return {
         "row": label, "budget": target, "cost": cost, "methods": list(methods) if methods else None,
         "qat": qat, "qat_epochs": (QAT_EPOCHS if qat_epochs is None else qat_epochs) if qat else None,
@@ -230,8 +230,7 @@ def main(argv=None):
         def run(function, *extra):
             print(f"[auto] {extra[0] if function is _compress_row else 'tfmot pruning'} ...",
                   flush=True)
-            options = ({"learning_rate": args.learning_rate}
-                       if function is _compress_row and args.learning_rate is not None else {})
+            options = {"learning_rate": args.learning_rate} if function is _compress_row else {}
             row = run_isolated(function, folder, sizes, *extra, **options)
             record["rows"].append(row)
             write_json(args.json, record)

@@ -385,8 +385,7 @@ def _compress(args):
     result = compress(model, train, val, args.target, cost=args.cost, finetune_epochs=args.epochs,
                       qat=not args.no_qat, refit=not args.no_refit, output_dir=args.output,
                       methods=methods, **({} if args.qat_epochs is None else {"qat_epochs": args.qat_epochs}),
-                      **({} if args.learning_rate is None else {"learning_rate": args.learning_rate}),
-                      seed=args.seed,
+                      learning_rate=args.learning_rate, seed=args.seed,
                       candidates=args.candidates, multiple_of=args.multiple_of, cache=args.cache,
                       profile_runs=args.runs, log=lambda line: print(line, file=sys.stderr))
     print(result)

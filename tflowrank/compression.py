@@ -42,16 +42,13 @@ QAT_EPOCHS = 0.1
 # (bench/seeds.py, docs/benchmarks.md) 2e-3 was best keeping a third of the MACs (4e-3 cost the
 # search's plans 0.20 points there), 4e-3 was level at a fifth (+0.03) and 0.31 points better at
 # an eighth (the 8x target met only there); 8e-3 was no better (two seeds, uniform plans).
-LEARNING_RATES = ((0.25, 2e-3), (0.0, 4e-3))  # (kept MACs share above which, learning rate)
+_DEEP_CUT = 0.25  # a model keeping this share of its MACs or less fine-tunes at the higher rate
 
 
 def default_learning_rate(macs_kept):
     """The fine-tuning learning rate ``compress`` uses when given none: 2e-3 when the factorized
     model keeps more than a quarter of its MACs (``macs_kept``, a fraction), 4e-3 below."""
-    for above, rate in LEARNING_RATES:
-        if macs_kept > above:
-            return rate
-    return LEARNING_RATES[-1][1]
+    return 2e-3 if macs_kept > _DEEP_CUT else 4e-3
 
 
 @dataclass(frozen=True)
