@@ -133,9 +133,9 @@ def run_settings(parser, args):
 
 def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epochs, qat, runs,
                   distill=False, refit=True, cost="macs", qat_epochs=None, seed=0,
-                  learning_rate=None):
-    """One ``compress`` run in this (spawned) process, with ``seed`` (and ``learning_rate``,
-    None: ``compress``'s default); returns its figures."""
+                  learning_rate=None, search_samples=None):
+    """One ``compress`` run in this (spawned) process, with ``seed`` (and ``learning_rate`` and
+    ``search_samples``, None: ``compress``'s defaults); returns its figures."""
     import keras
     from _pruning import gzip_size
 
@@ -156,12 +156,15 @@ def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epoch
                       output_dir=out, methods=methods, cache=cache, plan=plan, profile_runs=runs,
                       distill=distill, refit=refit, log=None, progress=False, seed=seed,
                       learning_rate=learning_rate,
-                      **({} if qat_epochs is None else {"qat_epochs": qat_epochs}))
+                      **({} if qat_epochs is None else {"qat_epochs": qat_epochs}),
+                      **({} if search_samples is None else {"search_samples": search_samples}))
+    settings = json.loads((out / "report.json").read_text())["settings"]
     return {
         "row": label, "budget": target, "cost": cost, "methods": list(methods) if methods else None,
         "qat": qat, "qat_epochs": (QAT_EPOCHS if qat_epochs is None else qat_epochs) if qat else None,
         "distill": distill, "refit": refit, "seed": seed,
-        "learning_rate": json.loads((out / "report.json").read_text())["settings"]["learning_rate"],
+        "learning_rate": settings["learning_rate"],
+        "search_samples": settings["search_samples"] if plan is None else None,
         "plan": result.plan.to_dict(), "keras_top1": result.keras_accuracy,
         "int8_top1": result.tflite_accuracy, "baseline_top1": result.baseline_accuracy,
         "baseline_int8_top1": result.baseline_tflite_accuracy, "macs": result.macs,

@@ -172,6 +172,15 @@ def test_a_learning_rate_at_or_below_zero_is_a_usage_error(monkeypatch, capsys, 
     assert "--learning-rate must be > 0; got 0.0" in capsys.readouterr().err
 
 
+def test_seeds_refuses_a_search_subset_below_one(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import seeds
+
+    with pytest.raises(SystemExit):
+        seeds.main(["--search-samples", "0"])
+    assert "--search-samples must be >= 1; got 0" in capsys.readouterr().err
+
+
 def test_benchmarks_refuse_the_shipped_subset(monkeypatch, capsys):
     """No figure is measured on the subset that stands in for missing data."""
     monkeypatch.syspath_prepend(str(BENCH))
