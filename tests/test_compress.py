@@ -136,6 +136,23 @@ def test_a_second_target_reuses_the_sensitivity_table(compressed, model, data, t
 
 
 @pytest.mark.slow
+def test_the_search_scores_on_every_search_sample(model, data, tmp_path):
+    """More than search's own default bound of 1,000: the first 1,000 samples carry the model's
+    own labels and the last 200 wrong ones, so the baseline score tells how many were used."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1200, 12, 12, 3)).astype("float32")
+    y = model.predict(x, verbose=0).argmax(-1)
+    y[1000:] = (y[1000:] + 1) % 4
+    result = compress(model, data[0], data[1], 0.5, finetune_epochs=0, qat=False,
+                      output_dir=tmp_path, methods=("spatial",), candidates=2,
+                      search_data=(x, y), search_samples=1200, calibration_samples=64,
+                      profile_runs=3, log=None, progress=False)
+    assert result.plan.baseline_score == pytest.approx(1000 / 1200)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["settings"]["search_samples"] == 1200
+
+
+@pytest.mark.slow
 def test_cli_compress_writes_the_report(model, data, tmp_path, capsys):
     path = tmp_path / "small.keras"
     model.save(path)

@@ -145,9 +145,10 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             ``DEFAULT_METHODS``); methods given: every one of them competes for every layer.
         cache: the sensitivity table's JSON (default ``output_dir/sensitivity.json``): a second
             ``compress`` with another target reuses it.
-        search_data: ``(x, y)`` the sensitivities are scored on; default: ``search_samples``
-            training samples drawn with ``seed`` (the validation data stays unseen by every
-            choice).
+        search_data, search_samples: the sensitivities are scored on the first
+            ``search_samples`` samples of ``search_data`` (``(x, y)``); default:
+            ``search_samples`` training samples drawn with ``seed`` (the validation data stays
+            unseen by every choice).
         refit: after factorizing, refit each factorized layer's last factor by least squares to
             the input model's responses on the ``calibration_samples`` inputs, layer by layer
             (``tflowrank.refit.refit_last_factors``: each layer corrects the errors of those
@@ -253,7 +254,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     stage = time.perf_counter()
     search_args = dict(cost=cost, methods=methods, candidates=candidates, cache=cache,
                        refit=refit, first_applicable=first_applicable, multiple_of=multiple_of,
-                       progress=progress)
+                       max_samples=search_samples, progress=progress)
     if cost == "latency" and profile_options:
         search_args["profile_options"] = profile_options
     searched = plan is None
@@ -369,7 +370,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
                      "methods": [methods] if isinstance(methods, str) else list(methods),
                      "first_applicable": first_applicable,
                      "candidates": candidates,
-                     "multiple_of": multiple_of, "search_samples": len(search_data[0]),
+                     "multiple_of": multiple_of, "search_samples": min(search_samples, len(search_data[0])),
                      "train_samples": len(x_train), "val_samples": len(x_val),
                      "calibration_samples": len(calibration), "batch_size": batch_size,
                      "learning_rate": learning_rate, "seed": seed,
