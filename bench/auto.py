@@ -113,7 +113,7 @@ def decomposed_plan(model, train, target, cache, samples=1000, seed=0):
     x, y = train
     pick = np.sort(np.random.default_rng(seed).choice(len(x), min(samples, len(x)), replace=False))
     return search(model, (x[pick], y[pick]), target, methods=DEFAULT_METHODS, cache=cache,
-                  refit=False, first_applicable=True, progress=False)
+                  refit=False, first_applicable=True, max_samples=samples, progress=False)
 
 
 def run_settings(parser, args):
