@@ -147,6 +147,9 @@ def _parser():
     p.add_argument("--methods", help="comma-separated, all competing for every layer (default: "
                                      "spatial where it applies, svd elsewhere)")
     p.add_argument("--candidates", type=int, default=10, help="ranks measured per layer and method")
+    p.add_argument("--search-samples", type=int, default=None,
+                   help="training samples, drawn with --seed, the sensitivities are scored on "
+                        "(default 1000)")
     p.add_argument("--multiple-of", type=int, default=1, help="round ranks to a multiple")
     p.add_argument("--cache", help="sensitivity table JSON (default: OUTPUT/sensitivity.json)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per model on the host")
@@ -373,11 +376,11 @@ def _labelled(spec):
 def _compress(args):
     from .compression import compress
 
-    train, val = _labelled(args.data)
-    for name in ("train_samples", "val_samples"):
+    for name in ("train_samples", "val_samples", "search_samples"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise _Failure(f"--{name.replace('_', '-')} must be at least 1; received {value}.")
+    train, val = _labelled(args.data)
     train = tuple(a[:args.train_samples] for a in train)
     val = tuple(a[:args.val_samples] for a in val)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
@@ -386,6 +389,7 @@ def _compress(args):
                       qat=not args.no_qat, refit=not args.no_refit, output_dir=args.output,
                       methods=methods, **({} if args.qat_epochs is None else {"qat_epochs": args.qat_epochs}),
                       learning_rate=args.learning_rate, seed=args.seed,
+                      **({} if args.search_samples is None else {"search_samples": args.search_samples}),
                       candidates=args.candidates, multiple_of=args.multiple_of, cache=args.cache,
                       profile_runs=args.runs, log=lambda line: print(line, file=sys.stderr))
     print(result)
