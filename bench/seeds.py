@@ -5,6 +5,7 @@
     python bench/seeds.py --budgets 3x --seeds 0,1 --epochs 6    # a longer fine-tuning
     python bench/seeds.py --learning-rate 4e-3                   # another fine-tuning learning rate
     python bench/seeds.py --budgets 3x --search-samples 5000     # a larger search subset
+    python bench/seeds.py --budgets 3x --feature-distill 0.3     # fine-tuning with feature hints
     python bench/seeds.py --quick           # smoke test: 4,096 training / 1,000 test images, 3x, 1 epoch
 
 ``bench/auto.py`` runs each row once, with seed 0. On the Fashion-MNIST CNN the same plan through
@@ -56,11 +57,16 @@ def main(argv=None):
     parser.add_argument("--search-samples", type=int,
                         help="training images the tflowrank rows' search scores on "
                              "(default: compress's, 1000)")
+    parser.add_argument("--feature-distill", type=float, default=0.0,
+                        help="both rows' fine-tuning matches the input model's factorized layers "
+                             "with this weight (compress's feature_distill; default 0: off)")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
     budgets, epochs, sizes = run_settings(parser, args)
     if args.search_samples is not None and args.search_samples < 1:
         parser.error(f"--search-samples must be >= 1; got {args.search_samples}")
+    if not args.feature_distill >= 0:
+        parser.error(f"--feature-distill must be >= 0; got {args.feature_distill}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -72,7 +78,8 @@ def main(argv=None):
               "config": {"budgets": budgets, "seeds": seeds, "epochs": epochs, "train": sizes[0],
                          "test": sizes[1], "quick": args.quick,
                          "learning_rate": args.learning_rate,
-                         "search_samples": args.search_samples},
+                         "search_samples": args.search_samples,
+                         "feature_distill": args.feature_distill},
               "load_average_start": load_average(), "rows": []}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-seeds-") as folder:
@@ -87,7 +94,8 @@ def main(argv=None):
                                        None if kind == "uniform spatial" else cache, epochs, True,
                                        5, seed=seed, learning_rate=args.learning_rate,
                                        search_samples=(None if kind == "uniform spatial"
-                                                       else args.search_samples))
+                                                       else args.search_samples),
+                                       feature_distill=args.feature_distill)
                     row.update(budget_name=name, kind=kind)
                     record["rows"].append(row)
                     write_json(args.json, record)

@@ -115,8 +115,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
              methods=None,
              candidates=10, multiple_of=1, cache=None, search_data=None, search_samples=1000,
              calibration_samples=500, refit=True, batch_size=128, learning_rate=None, loss=None,
-             distill=False, profile_runs=50, profile_options=None, plan=None, seed=0, log=print,
-             progress=None):
+             distill=False, feature_distill=0.0, profile_runs=50, profile_options=None, plan=None,
+             seed=0, log=print, progress=None):
     """Compress ``model`` to ``target`` of its cost, fine-tune it, export int8 TFLite, report.
 
     Args:
@@ -167,6 +167,12 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             input model's and the compressed model's outputs softened by ``T = 4``); the input
             model's outputs are computed once, on ``train_data``. Needs integer labels or
             one-hot rows and class scores out (logits or probabilities); ``loss`` is then unused.
+        feature_distill: a weight >= 0; above 0, the float fine-tuning's loss gets this weight
+            times the mean, over the factorized layers, of the squared difference between each
+            one's output and the input model's layer of the same name, divided by the mean
+            square of the latter (``tflowrank.feature_distillation``; the input model runs beside
+            the compressed one on every batch; the quantization-aware steps keep the plain loss).
+            0 (the default): off. On the Fashion-MNIST CNN at 3x, see docs/benchmarks.md.
         profile_runs, profile_options: timed runs, and other ``tflowrank.profile`` arguments
             (``target``, ``threads``, ``benchmark_binary``, ...; default the host, 1 thread).
         plan: a ``CompressionPlan`` to apply instead of searching (an earlier search's, or one
@@ -192,6 +198,10 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     for name, value in (("distill", distill), ("refit", refit)):
         if not isinstance(value, bool):
             raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    if (isinstance(feature_distill, bool) or not isinstance(feature_distill, numbers.Real)
+            or not feature_distill >= 0):
+        raise ValueError("`feature_distill` must be a number >= 0 (0: off). "
+                         f"Received: feature_distill={feature_distill!r}")
     if qat and finetune_epochs < 1:
         raise ValueError("qat=True trains the end of the fine-tuning quantization-aware: it needs "
                          f"finetune_epochs >= 1 (or qat=False). Received: finetune_epochs={finetune_epochs}")
@@ -309,11 +319,20 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     schedule = (learning_rate, len(batches), per_epoch)
     history = {}
     if float_steps:
+        trained = compressed
+        if feature_distill:
+            from .feature_distillation import FeatureDistiller, matched_layers
+
+            matched = matched_layers(compressed, model)
+            if matched:
+                trained = FeatureDistiller(compressed, model, matched, train_loss, feature_distill)
         log(f"fine-tune: {float_steps / per_epoch:.3g} epoch(s) on {len(x_train)} samples, "
             f"peak learning rate {learning_rate:g}"
-            + (" (distilled from the input model)" if distill else ""))
-        history["float"] = _fit(compressed, x_train, targets, batches[:float_steps], 0, schedule,
-                                train_loss, keras)
+            + (" (distilled from the input model)" if distill else "")
+            + (f" (matching the input model's {', '.join(trained.layer_names)} x {feature_distill:g})"
+               if trained is not compressed else ""))
+        history["float"] = _fit(trained, x_train, targets, batches[:float_steps], 0, schedule,
+                                train_loss, keras, accuracy=trained is compressed)
     final = compressed
     if qat:
         from .qat import quantize_aware
@@ -366,7 +385,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     details = {
         "settings": {"target": target, "cost": cost, "finetune_epochs": finetune_epochs, "qat": qat,
                      "qat_epochs": qat_epochs if qat else None,
-                     "distill": distill, "refit": refit,
+                     "distill": distill, "feature_distill": feature_distill, "refit": refit,
                      "methods": [methods] if isinstance(methods, str) else list(methods),
                      "first_applicable": first_applicable,
                      "candidates": candidates,
@@ -460,7 +479,7 @@ def _batches(n, batch_size, epochs, rng):
     return steps
 
 
-def _fit(model, x, y, batches, offset, schedule, loss, keras):
+def _fit(model, x, y, batches, offset, schedule, loss, keras, accuracy=True):
     """Train ``model`` on ``batches`` (sample indices per step), the steps ``offset`` onwards of
     one cosine decay of the learning rate over the whole fine-tuning (``schedule``: learning rate,
     total steps, steps per epoch), so the quantization-aware steps (a new model and optimizer)
@@ -469,7 +488,7 @@ def _fit(model, x, y, batches, offset, schedule, loss, keras):
     learning_rate, total, per_epoch = schedule
     distilled = getattr(loss, "__name__", "") == "distillation"  # packed targets: no accuracy
     model.compile(optimizer=keras.optimizers.Adam(_shifted_cosine(keras, learning_rate, total, offset)),
-                  loss=loss, metrics=[] if distilled else ["accuracy"])
+                  loss=loss, metrics=["accuracy"] if accuracy and not distilled else [])
 
     class Steps(keras.utils.PyDataset):
         def __init__(self, steps):
