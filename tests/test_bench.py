@@ -181,6 +181,15 @@ def test_seeds_refuses_a_search_subset_below_one(monkeypatch, capsys):
     assert "--search-samples must be >= 1; got 0" in capsys.readouterr().err
 
 
+def test_seeds_refuses_a_negative_feature_weight(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import seeds
+
+    with pytest.raises(SystemExit):
+        seeds.main(["--feature-distill", "-0.5"])
+    assert "--feature-distill must be >= 0; got -0.5" in capsys.readouterr().err
+
+
 def test_benchmarks_refuse_the_shipped_subset(monkeypatch, capsys):
     """No figure is measured on the subset that stands in for missing data."""
     monkeypatch.syspath_prepend(str(BENCH))

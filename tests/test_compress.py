@@ -161,7 +161,8 @@ def test_cli_compress_writes_the_report(model, data, tmp_path, capsys):
     status = main(["compress", str(path), "--data", str(tmp_path / "data.npz"), "--target", "0.6",
                    "-o", str(tmp_path / "out"), "--epochs", "1", "--no-qat", "--no-refit",
                    "--methods", "spatial,svd", "--learning-rate", "1e-3", "--seed", "3",
-                   "--candidates", "3", "--search-samples", "200", "--runs", "3"])
+                   "--candidates", "3", "--search-samples", "200", "--feature-distill", "0.5",
+                   "--runs", "3"])
     assert status == 0
     printed = capsys.readouterr()
     assert "top-1 int8 TFLite" in printed.out and "report:" in printed.out
@@ -169,7 +170,7 @@ def test_cli_compress_writes_the_report(model, data, tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["settings"]["refit"] is False and report["settings"]["qat"] is False
     assert report["settings"]["learning_rate"] == 1e-3 and report["settings"]["seed"] == 3
-    assert report["settings"]["search_samples"] == 200
+    assert report["settings"]["search_samples"] == 200 and report["settings"]["feature_distill"] == 0.5
     assert report["refit"] == []
 
 

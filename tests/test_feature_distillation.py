@@ -118,4 +118,6 @@ def test_compress_fine_tunes_with_the_hints(teacher, batch, tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["settings"]["feature_distill"] == 0.5
     assert len(report["history"]["float"]["loss"]) == 1 and "accuracy" not in report["history"]["float"]
+    assert "the factorized layers matched to the input model's (weight 0.5)" in (
+        tmp_path / "report.md").read_text()
     assert 0.0 <= result.tflite_accuracy <= 1.0

@@ -144,6 +144,9 @@ def _parser():
                         "2e-3 when the model keeps more than a quarter of its MACs, 4e-3 below)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the search subset and the fine-tuning (default 0)")
+    p.add_argument("--feature-distill", type=float, default=0.0, metavar="WEIGHT",
+                   help="the float fine-tuning also matches each factorized layer's output to the "
+                        "input model's, with this weight (default 0: off)")
     p.add_argument("--methods", help="comma-separated, all competing for every layer (default: "
                                      "spatial where it applies, svd elsewhere)")
     p.add_argument("--candidates", type=int, default=10, help="ranks measured per layer and method")
@@ -389,6 +392,7 @@ def _compress(args):
                       qat=not args.no_qat, refit=not args.no_refit, output_dir=args.output,
                       methods=methods, **({} if args.qat_epochs is None else {"qat_epochs": args.qat_epochs}),
                       learning_rate=args.learning_rate, seed=args.seed,
+                      feature_distill=args.feature_distill,
                       **({} if args.search_samples is None else {"search_samples": args.search_samples}),
                       candidates=args.candidates, multiple_of=args.multiple_of, cache=args.cache,
                       profile_runs=args.runs, log=lambda line: print(line, file=sys.stderr))

@@ -78,6 +78,12 @@ def summary_table(data):
     return "\n".join(lines)
 
 
+def _feature_words(settings):
+    weight = settings.get("feature_distill")
+    return (f", the factorized layers matched to the input model's (weight {weight:g})"
+            if weight else "")
+
+
 def markdown(data, plots=(), notes=()):
     settings = data.get("settings", {})
     plan = data["plan"]
@@ -87,6 +93,7 @@ def markdown(data, plots=(), notes=()):
               f"fine-tuning {settings.get('finetune_epochs')} epoch(s)"
               f"{_rate_words(settings)}"
               f"{', distilled from the input model' if settings.get('distill') else ''}"
+              f"{_feature_words(settings)}"
               f"{_qat_words(settings)}; "
               f"validation: {settings.get('val_samples')} samples; sensitivities scored on "
               f"{settings.get('search_samples')} training samples.", ""]
