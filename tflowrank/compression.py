@@ -172,7 +172,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             one's output and the input model's layer of the same name, divided by the mean
             square of the latter (``tflowrank.feature_distillation``; the input model runs beside
             the compressed one on every batch; the quantization-aware steps keep the plain loss).
-            0 (the default): off. On the Fashion-MNIST CNN at 3x, see docs/benchmarks.md.
+            0 (the default): off. On the Fashion-MNIST CNN, 0.3 gained about 0.1 point at 3x and
+            5x fewer MACs and nothing at 8x (5 seeds, docs/benchmarks.md).
         profile_runs, profile_options: timed runs, and other ``tflowrank.profile`` arguments
             (``target``, ``threads``, ``benchmark_binary``, ...; default the host, 1 thread).
         plan: a ``CompressionPlan`` to apply instead of searching (an earlier search's, or one
@@ -326,6 +327,9 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             matched = matched_layers(compressed, model)
             if matched:
                 trained = FeatureDistiller(compressed, model, matched, train_loss, feature_distill)
+            else:
+                log("feature_distill: no factorized layer called once at the top level of both "
+                    "models; fine-tuning without it")
         log(f"fine-tune: {float_steps / per_epoch:.3g} epoch(s) on {len(x_train)} samples, "
             f"peak learning rate {learning_rate:g}"
             + (" (distilled from the input model)" if distill else "")
