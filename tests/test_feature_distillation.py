@@ -121,3 +121,15 @@ def test_compress_fine_tunes_with_the_hints(teacher, batch, tmp_path):
     assert "the factorized layers matched to the input model's (weight 0.5)" in (
         tmp_path / "report.md").read_text()
     assert 0.0 <= result.tflite_accuracy <= 1.0
+
+
+def test_layers_inside_a_nested_model_are_not_matched():
+    keras.utils.set_random_seed(0)
+    block = keras.Sequential([keras.Input((10, 10, 3)),
+                              keras.layers.Conv2D(8, 3, padding="same", name="inner")], name="block")
+    inputs = keras.Input((10, 10, 3))
+    x = keras.layers.GlobalAveragePooling2D()(block(inputs))
+    teacher = keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+    student = factorize(teacher, "spatial", 2, layers=["inner"])
+    assert any(type(layer).__name__ == "SpatialConv2D" for layer in student.get_layer("block").layers)
+    assert matched_layers(student, teacher) == ()  # its output is not a top-level tensor
