@@ -12,6 +12,8 @@ trains ``student``'s own layers (it holds no weights of its own); ``matched_laye
 layers the two models share by name that can be matched.
 """
 
+from collections import Counter
+
 import keras
 from keras import ops
 
@@ -26,12 +28,11 @@ def matched_layers(student, teacher):
     from .graph import layer_calls
     from .layers import FactorizedLayer
 
-    def single_calls(model):
-        calls = [call for call in layer_calls(model) if call.path == call.layer.name]
-        counts = {}
-        for call in calls:
-            counts[call.layer.name] = counts.get(call.layer.name, 0) + 1
-        return {call.layer.name: call for call in calls if counts[call.layer.name] == 1}
+    def single_calls(model):  # as refit_last_factors picks its layers
+        calls = layer_calls(model)
+        times_called = Counter(id(call.layer) for call in calls)
+        return {call.path: call for call in calls
+                if call.path == call.layer.name and times_called[id(call.layer)] == 1}
 
     theirs = single_calls(teacher)
     return tuple(name for name, call in single_calls(student).items()
