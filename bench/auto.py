@@ -133,10 +133,10 @@ def run_settings(parser, args):
 
 def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epochs, qat, runs,
                   distill=False, refit=True, cost="macs", qat_epochs=None, seed=0,
-                  learning_rate=None, search_samples=None, feature_distill=0.0):
-    """One ``compress`` run in this (spawned) process, with ``seed`` (and ``learning_rate`` and
-    ``search_samples``, None: ``compress``'s defaults; ``feature_distill`` as ``compress``'s);
-    returns its figures."""
+                  learning_rate=None, search_samples=None, feature_distill=None):
+    """One ``compress`` run in this (spawned) process, with ``seed`` (and ``learning_rate``,
+    ``search_samples`` and ``feature_distill``, None: ``compress``'s defaults); returns its
+    figures."""
     import keras
     from _pruning import gzip_size
 
@@ -155,16 +155,16 @@ def _compress_row(folder, sizes, label, target, methods, plan_kind, cache, epoch
     started = time.perf_counter()
     result = compress(model, train, test, target, cost=cost, finetune_epochs=epochs, qat=qat,
                       output_dir=out, methods=methods, cache=cache, plan=plan, profile_runs=runs,
-                      distill=distill, feature_distill=feature_distill, refit=refit, log=None,
-                      progress=False, seed=seed,
-                      learning_rate=learning_rate,
+                      distill=distill, refit=refit, log=None, progress=False, seed=seed,
+                      learning_rate=learning_rate, feature_distill=feature_distill,
                       **({} if qat_epochs is None else {"qat_epochs": qat_epochs}),
                       **({} if search_samples is None else {"search_samples": search_samples}))
     settings = json.loads((out / "report.json").read_text())["settings"]
     return {
         "row": label, "budget": target, "cost": cost, "methods": list(methods) if methods else None,
         "qat": qat, "qat_epochs": (QAT_EPOCHS if qat_epochs is None else qat_epochs) if qat else None,
-        "distill": distill, "feature_distill": feature_distill, "refit": refit, "seed": seed,
+        "distill": distill, "feature_distill": settings["feature_distill"], "refit": refit,
+        "seed": seed,
         "learning_rate": settings["learning_rate"],
         "search_samples": settings["search_samples"] if plan is None else None,
         "plan": result.plan.to_dict(), "keras_top1": result.keras_accuracy,

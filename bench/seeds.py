@@ -5,7 +5,7 @@
     python bench/seeds.py --budgets 3x --seeds 0,1 --epochs 6    # a longer fine-tuning
     python bench/seeds.py --learning-rate 4e-3                   # another fine-tuning learning rate
     python bench/seeds.py --budgets 3x --search-samples 5000     # a larger search subset
-    python bench/seeds.py --budgets 3x --feature-distill 0.3     # fine-tuning with feature hints
+    python bench/seeds.py --budgets 3x --feature-distill 0       # fine-tuning without feature hints
     python bench/seeds.py --quick           # smoke test: 4,096 training / 1,000 test images, 3x, 1 epoch
 
 ``bench/auto.py`` runs each row once, with seed 0. On the Fashion-MNIST CNN the same plan through
@@ -57,15 +57,16 @@ def main(argv=None):
     parser.add_argument("--search-samples", type=int,
                         help="training images the tflowrank rows' search scores on "
                              "(default: compress's, 1000)")
-    parser.add_argument("--feature-distill", type=float, default=0.0,
+    parser.add_argument("--feature-distill", type=float,
                         help="both rows' fine-tuning matches the input model's factorized layers "
-                             "with this weight (compress's feature_distill; default 0: off)")
+                             "with this weight (compress's feature_distill; 0: off; default: "
+                             "compress's, 0.3 above a sixth of the MACs)")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
     budgets, epochs, sizes = run_settings(parser, args)
     if args.search_samples is not None and args.search_samples < 1:
         parser.error(f"--search-samples must be >= 1; got {args.search_samples}")
-    if not args.feature_distill >= 0:
+    if args.feature_distill is not None and not args.feature_distill >= 0:
         parser.error(f"--feature-distill must be >= 0; got {args.feature_distill}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]

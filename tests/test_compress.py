@@ -11,7 +11,7 @@ import pytest
 import tflowrank
 from tflowrank import CompressionPlan, compress
 from tflowrank.cli import main
-from tflowrank.compression import default_learning_rate
+from tflowrank.compression import default_feature_distill, default_learning_rate
 from tflowrank.tflite_model import inspect_tflite
 
 METHODS = ("spatial", "svd", "output")
@@ -85,11 +85,13 @@ def test_compress_meets_the_target_and_writes_a_complete_report(compressed, mode
     assert report["settings"]["qat_epochs"] == 0.1
     kept = result.macs / result.baseline_macs
     assert report["settings"]["learning_rate"] == default_learning_rate(kept)
+    assert kept > 1 / 6 and report["settings"]["feature_distill"] == default_feature_distill(kept) == 0.3
     assert len(report["history"]["float"]["loss"]) == 1 and len(report["history"]["qat"]["loss"]) == 1
     assert any(line == "quantization-aware training: 0.125 epoch(s)" for line in lines)
     rate = f"{default_learning_rate(kept):g}"
-    assert any(line.startswith("fine-tune: ") and line.endswith(f"peak learning rate {rate}")
-               for line in lines)
+    names = ", ".join(entry.layer for entry in result.plan.factorized)
+    assert any(line.startswith("fine-tune: ") and line.endswith(
+        f"peak learning rate {rate} (matching the input model's {names} x 0.3)") for line in lines)
     assert f"(Adam, peak learning rate {rate})" in (out / "report.md").read_text()
     assert "the last 0.1 epoch(s) of it quantization-aware" in (out / "report.md").read_text()
     assert report["settings"]["refit"] is True and report["settings"]["first_applicable"] is False
@@ -327,6 +329,13 @@ def test_the_default_learning_rate_follows_the_depth_of_the_cut():
     assert default_learning_rate(0.2501) == 2e-3
     assert default_learning_rate(0.25) == default_learning_rate(1 / 8) == 4e-3
     assert default_learning_rate(0.0) == 4e-3
+
+
+def test_the_default_feature_hints_follow_the_depth_of_the_cut():
+    assert default_feature_distill(1.0) == default_feature_distill(1 / 3) == 0.3
+    assert default_feature_distill(1 / 5) == default_feature_distill(0.1667) == 0.3
+    assert default_feature_distill(1 / 6) == default_feature_distill(1 / 8) == 0.0
+    assert default_feature_distill(0.0) == 0.0
 
 
 def test_the_positional_parameters_are_the_issue_contract():

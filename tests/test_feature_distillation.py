@@ -92,7 +92,7 @@ def test_bad_arguments(teacher, names, weight, message):
 
 @pytest.mark.parametrize("value", [-0.1, "0.5", True, float("nan")])
 def test_compress_rejects_a_bad_feature_distill(teacher, batch, tmp_path, value):
-    with pytest.raises(ValueError, match=r"`feature_distill` must be a number >= 0 \(0: off\)\. "
+    with pytest.raises(ValueError, match=r"`feature_distill` must be a number >= 0 \(0: off\) or None\. "
                                          r"Received: feature_distill="):
         compress(teacher, batch, batch, 0.5, feature_distill=value, output_dir=tmp_path / "out",
                  log=None)

@@ -144,9 +144,10 @@ def _parser():
                         "2e-3 when the model keeps more than a quarter of its MACs, 4e-3 below)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the search subset and the fine-tuning (default 0)")
-    p.add_argument("--feature-distill", type=float, default=0.0, metavar="WEIGHT",
+    p.add_argument("--feature-distill", type=float, default=None, metavar="WEIGHT",
                    help="the float fine-tuning also matches each factorized layer's output to the "
-                        "input model's, with this weight (default 0: off)")
+                        "input model's, with this weight (0: off; default 0.3 when the model keeps "
+                        "more than a sixth of its MACs, 0 below)")
     p.add_argument("--methods", help="comma-separated, all competing for every layer (default: "
                                      "spatial where it applies, svd elsewhere)")
     p.add_argument("--candidates", type=int, default=10, help="ranks measured per layer and method")

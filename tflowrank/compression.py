@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["compress", "CompressionResult", "default_learning_rate"]
+__all__ = ["compress", "CompressionResult", "default_feature_distill", "default_learning_rate"]
 
 _BN_BATCHES = 50  # batches of training inputs that re-estimate batch-norm statistics
 _FRONTIER_TARGETS = (0.9, 0.7, 0.5, 0.4, 0.33, 0.25, 0.2, 0.15, 0.125, 0.1)
@@ -49,6 +49,21 @@ def default_learning_rate(macs_kept):
     """The fine-tuning learning rate ``compress`` uses when given none: 2e-3 when the factorized
     model keeps more than a quarter of its MACs (``macs_kept``, a fraction), 4e-3 below."""
     return 2e-3 if macs_kept > _DEEP_CUT else 4e-3
+
+
+# compress's feature-hint weight when none is given. On the Fashion CNN over 5 seeds
+# (bench/seeds.py --feature-distill 0.3, docs/benchmarks.md) the hints lifted the uniform split
+# by 0.08 points keeping a third of the MACs and by 0.14 keeping a fifth, and cost it 0.05
+# keeping an eighth (the search's plans, 3 seeds: +0.07, +0.14, -0.02). The threshold sits
+# between the fifth and the eighth measured.
+_HINTED_CUT = 1 / 6  # a model keeping more than this share of its MACs fine-tunes with hints
+_HINT_WEIGHT = 0.3
+
+
+def default_feature_distill(macs_kept):
+    """The feature-hint weight ``compress`` uses when given none: 0.3 when the factorized model
+    keeps more than a sixth of its MACs (``macs_kept``, a fraction), 0 (no hints) otherwise."""
+    return _HINT_WEIGHT if macs_kept > _HINTED_CUT else 0.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +130,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
              methods=None,
              candidates=10, multiple_of=1, cache=None, search_data=None, search_samples=1000,
              calibration_samples=500, refit=True, batch_size=128, learning_rate=None, loss=None,
-             distill=False, feature_distill=0.0, profile_runs=50, profile_options=None, plan=None,
+             distill=False, feature_distill=None, profile_runs=50, profile_options=None, plan=None,
              seed=0, log=print, progress=None):
     """Compress ``model`` to ``target`` of its cost, fine-tune it, export int8 TFLite, report.
 
@@ -172,8 +187,10 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             one's output and the input model's layer of the same name, divided by the mean
             square of the latter (``tflowrank.feature_distillation``; the input model runs beside
             the compressed one on every batch; the quantization-aware steps keep the plain loss).
-            0 (the default): off. On the Fashion-MNIST CNN, 0.3 gained about 0.1 point at 3x and
-            5x fewer MACs and nothing at 8x (5 seeds, docs/benchmarks.md).
+            0: off. None (the default): by the depth of the cut (``default_feature_distill``):
+            0.3 when the factorized model keeps more than a sixth of the input model's MACs, 0
+            below. On the Fashion-MNIST CNN, 0.3 gained about 0.1 point at 3x and 5x fewer MACs
+            and nothing at 8x (5 seeds, docs/benchmarks.md).
         profile_runs, profile_options: timed runs, and other ``tflowrank.profile`` arguments
             (``target``, ``threads``, ``benchmark_binary``, ...; default the host, 1 thread).
         plan: a ``CompressionPlan`` to apply instead of searching (an earlier search's, or one
@@ -199,9 +216,10 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     for name, value in (("distill", distill), ("refit", refit)):
         if not isinstance(value, bool):
             raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
-    if (isinstance(feature_distill, bool) or not isinstance(feature_distill, numbers.Real)
-            or not feature_distill >= 0):
-        raise ValueError("`feature_distill` must be a number >= 0 (0: off). "
+    if feature_distill is not None and (isinstance(feature_distill, bool)
+                                        or not isinstance(feature_distill, numbers.Real)
+                                        or not feature_distill >= 0):
+        raise ValueError("`feature_distill` must be a number >= 0 (0: off) or None. "
                          f"Received: feature_distill={feature_distill!r}")
     if qat and finetune_epochs < 1:
         raise ValueError("qat=True trains the end of the fine-tuning quantization-aware: it needs "
@@ -300,6 +318,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         f"{compressed_cost.params:,} params; top-1 before fine-tuning {after_factorize:.4f}")
     if learning_rate is None:
         learning_rate = default_learning_rate(compressed_cost.macs / baseline_cost.macs)
+    if feature_distill is None:
+        feature_distill = default_feature_distill(compressed_cost.macs / baseline_cost.macs)
 
     stage = time.perf_counter()
     loss = _loss(model, loss, keras)
