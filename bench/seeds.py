@@ -6,6 +6,7 @@
     python bench/seeds.py --learning-rate 4e-3                   # another fine-tuning learning rate
     python bench/seeds.py --budgets 3x --search-samples 5000     # a larger search subset
     python bench/seeds.py --budgets 3x --feature-distill 0       # fine-tuning without feature hints
+    python bench/seeds.py --budgets 3x --no-qat                  # post-training int8, no QAT tail
     python bench/seeds.py --quick           # smoke test: 4,096 training / 1,000 test images, 3x, 1 epoch
 
 ``bench/auto.py`` runs each row once, with seed 0. On the Fashion-MNIST CNN the same plan through
@@ -61,6 +62,9 @@ def main(argv=None):
                         help="both rows' fine-tuning matches the input model's factorized layers "
                              "with this weight (compress's feature_distill; 0: off; default: "
                              "compress's, 0.3 above a sixth of the MACs)")
+    parser.add_argument("--no-qat", action="store_true",
+                        help="post-training int8 instead of the quantization-aware end of the "
+                             "fine-tuning (compress's qat=False)")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
     budgets, epochs, sizes = run_settings(parser, args)
@@ -80,7 +84,7 @@ def main(argv=None):
                          "test": sizes[1], "quick": args.quick,
                          "learning_rate": args.learning_rate,
                          "search_samples": args.search_samples,
-                         "feature_distill": args.feature_distill},
+                         "feature_distill": args.feature_distill, "qat": not args.no_qat},
               "load_average_start": load_average(), "rows": []}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-seeds-") as folder:
@@ -92,7 +96,8 @@ def main(argv=None):
                     print(f"[seeds] {label} ...", flush=True)
                     row = run_isolated(_compress_row, folder, sizes, label, BUDGETS[name], None,
                                        "spatial" if kind == "uniform spatial" else None,
-                                       None if kind == "uniform spatial" else cache, epochs, True,
+                                       None if kind == "uniform spatial" else cache, epochs,
+                                       not args.no_qat,
                                        5, seed=seed, learning_rate=args.learning_rate,
                                        search_samples=(None if kind == "uniform spatial"
                                                        else args.search_samples),
