@@ -134,6 +134,7 @@ def test_a_second_target_reuses_the_sensitivity_table(compressed, model, data, t
     assert other.macs <= 0.7 * other.baseline_macs * 1.001 and other.macs > result.macs
     again = json.loads((tmp_path / "again" / "report.json").read_text())
     assert again["settings"]["qat"] is False and again["settings"]["refit"] is True
+    assert again["settings"]["feature_distill"] == 0.0  # no fine-tuning: no hints, whatever the depth
     assert {row["layer"] for row in again["refit"]} == {e.layer for e in other.plan.factorized}
 
 

@@ -133,3 +133,27 @@ def test_layers_inside_a_nested_model_are_not_matched():
     student = factorize(teacher, "spatial", 2, layers=["inner"])
     assert any(type(layer).__name__ == "SpatialConv2D" for layer in student.get_layer("block").layers)
     assert matched_layers(student, teacher) == ()  # its output is not a top-level tensor
+
+
+@pytest.mark.slow
+def test_compress_without_a_layer_to_match_fine_tunes_on_its_loss_and_says_so(tmp_path):
+    keras.utils.set_random_seed(0)
+    block = keras.Sequential([keras.Input((10, 10, 3)),
+                              keras.layers.Conv2D(8, 3, padding="same", name="inner")], name="block")
+    inputs = keras.Input((10, 10, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(block(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(160, 10, 10, 3)).astype("float32")
+    y = model.predict(x, verbose=0).argmax(-1)
+    lines = []
+    compress(model, (x[:128], y[:128]), (x[128:], y[128:]), 0.6, finetune_epochs=1, qat=False,
+             feature_distill=0.5, output_dir=tmp_path, methods=("spatial",), candidates=3,
+             search_samples=64, calibration_samples=32, batch_size=32, profile_runs=3,
+             log=lines.append, progress=False)
+    assert ("feature_distill: no factorized layer called once at the top level of both models; "
+            "fine-tuning without it") in lines
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["settings"]["feature_distill"] == 0.0  # the weight used, not the one asked
+    assert "accuracy" in report["history"]["float"]  # the model's own loss and metrics
+    assert "matched to the input model's" not in (tmp_path / "report.md").read_text()

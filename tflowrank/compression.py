@@ -339,8 +339,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     float_steps = len(batches) - qat_steps
     schedule = (learning_rate, len(batches), per_epoch)
     history = {}
+    trained = compressed
     if float_steps:
-        trained = compressed
         if feature_distill:
             from .feature_distillation import FeatureDistiller, matched_layers
 
@@ -357,6 +357,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
                if trained is not compressed else ""))
         history["float"] = _fit(trained, x_train, targets, batches[:float_steps], 0, schedule,
                                 train_loss, keras, accuracy=trained is compressed)
+    if trained is compressed:  # the report records the weight used: none without float steps
+        feature_distill = 0.0  # or without a layer to match
     final = compressed
     if qat:
         from .qat import quantize_aware
