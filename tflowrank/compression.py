@@ -190,7 +190,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             0: off. None (the default): by the depth of the cut (``default_feature_distill``):
             0.3 when the factorized model keeps more than a sixth of the input model's MACs, 0
             below. On the Fashion-MNIST CNN, 0.3 gained about 0.1 point at 3x and 5x fewer MACs
-            and nothing at 8x (5 seeds, docs/benchmarks.md).
+            and nothing at 8x (5 seeds, docs/benchmarks.md). The report records the weight used:
+            0 without float fine-tuning steps or without a layer to match (nested models).
         profile_runs, profile_options: timed runs, and other ``tflowrank.profile`` arguments
             (``target``, ``threads``, ``benchmark_binary``, ...; default the host, 1 thread).
         plan: a ``CompressionPlan`` to apply instead of searching (an earlier search's, or one
