@@ -317,10 +317,11 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     compressed_cost = model_cost(compressed)
     log(f"factorized: {compressed_cost.macs:,} MACs ({compressed_cost.macs / baseline_cost.macs:.3f}), "
         f"{compressed_cost.params:,} params; top-1 before fine-tuning {after_factorize:.4f}")
+    kept = compressed_cost.macs / baseline_cost.macs
     if learning_rate is None:
-        learning_rate = default_learning_rate(compressed_cost.macs / baseline_cost.macs)
+        learning_rate = default_learning_rate(kept)
     if feature_distill is None:
-        feature_distill = default_feature_distill(compressed_cost.macs / baseline_cost.macs)
+        feature_distill = default_feature_distill(kept)
 
     stage = time.perf_counter()
     loss = _loss(model, loss, keras)
@@ -340,26 +341,29 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     float_steps = len(batches) - qat_steps
     schedule = (learning_rate, len(batches), per_epoch)
     history = {}
-    trained = compressed
-    if float_steps:
-        if feature_distill:
-            from .feature_distillation import FeatureDistiller, matched_layers
+    hinted = ()  # the layers matched to the input model's in the float steps
+    if float_steps and feature_distill:
+        from .feature_distillation import matched_layers
 
-            matched = matched_layers(compressed, model)
-            if matched:
-                trained = FeatureDistiller(compressed, model, matched, train_loss, feature_distill)
-            else:
-                log("feature_distill: no factorized layer called once at the top level of both "
-                    "models; fine-tuning without it")
+        hinted = matched_layers(compressed, model)
+        if not hinted:
+            log("feature_distill: no factorized layer called once at the top level of both "
+                "models; fine-tuning without it")
+    if not hinted:  # the report records the weight used
+        feature_distill = 0.0
+    if float_steps:
+        trained = compressed
+        if hinted:
+            from .feature_distillation import FeatureDistiller
+
+            trained = FeatureDistiller(compressed, model, hinted, train_loss, feature_distill)
         log(f"fine-tune: {float_steps / per_epoch:.3g} epoch(s) on {len(x_train)} samples, "
             f"peak learning rate {learning_rate:g}"
             + (" (distilled from the input model)" if distill else "")
-            + (f" (matching the input model's {', '.join(trained.layer_names)} x {feature_distill:g})"
-               if trained is not compressed else ""))
+            + (f" (matching the input model's {', '.join(hinted)} x {feature_distill:g})"
+               if hinted else ""))
         history["float"] = _fit(trained, x_train, targets, batches[:float_steps], 0, schedule,
-                                train_loss, keras, accuracy=trained is compressed)
-    if trained is compressed:  # the report records the weight used: none without float steps
-        feature_distill = 0.0  # or without a layer to match
+                                train_loss, keras, accuracy=not hinted)
     final = compressed
     if qat:
         from .qat import quantize_aware
