@@ -16,11 +16,12 @@ measures the sensitivity table and the latency table; later ones reuse both, mea
 ranks around their choices), then the first
 target again (everything cached: the plan must be identical). The time of each is reported.
 
-Then the baseline and each compressed int8 model are timed ``--repeats`` times, each repeat in a
-fresh spawned process timing every model once (order reversed every other repeat), each the
-median of ``--runs`` invocations after 20 warm-up runs (1 thread); reported: the median over
-repeats. One process is not enough: on this host the same .tflite files time up to 15% apart
-from one process to another, and their ratios up to 10% (memory placement, presumably). Budget =
+Then the baseline and each compressed int8 model are timed ``--repeats`` times
+(``tflowrank.profile(repeats=...)``), each repeat in a fresh process timing every model once
+(order reversed every other repeat), each the median of ``--runs`` invocations after 20 warm-up
+runs (1 thread); reported: the median over repeats. One process is not enough: on this host the
+same .tflite files time up to 15% apart from one process to another, and their ratios up to 10%
+(memory placement, presumably). Budget =
 target x measured baseline; the plan's prediction is its ``total_after`` (the search's own
 measurement of the whole model, minus the candidate layers alone, plus their chosen chains alone).
 Top-1: the Keras and the int8 models on the 10,000 test images (the predicted score is the
@@ -114,21 +115,11 @@ class _others:
 
 
 def measure(paths, repeats, runs):
-    """``{key: [median of each repeat]}``: each repeat in a fresh spawned process timing every
-    path once, the order reversed every other repeat (not ``_common.interleaved_medians``, which
-    times in this one process: see the module docstring)."""
-    medians = {key: [] for key in paths}
-    for index in range(repeats):
-        keys = list(paths) if index % 2 == 0 else list(reversed(paths))
-        for key, value in run_isolated(time_once, {k: paths[k] for k in keys}, runs).items():
-            medians[key].append(value)
-    return medians
-
-
-def time_once(paths, runs):
-    """``{key: median of runs invocations}`` in this process (host LiteRT, 1 thread, 20 warm-up)."""
-    return {key: tflowrank.profile(path, threads=1, runs=runs, warmup_runs=20)[0].inference_median_us
-            for key, path in paths.items()}
+    """``{key: [median of each repeat]}``: ``tflowrank.profile(repeats=...)``, each repeat in a
+    fresh process timing every path once, the order reversed every other repeat."""
+    results = tflowrank.profile(list(paths.values()), threads=1, runs=runs, warmup_runs=20,
+                                repeats=repeats)
+    return {key: list(r.repeat_medians_us) for key, r in zip(paths, results)}
 
 
 def main(argv=None):

@@ -128,6 +128,9 @@ def test_auto_uniform_plan_shares_the_budget_evenly(monkeypatch):
            "search_seconds": 12.0}
     text = auto.table({"rows": [row], "cached_search_seconds": 0.2})
     assert "3x tflowrank" in text and "-1.00" in text and "20.00" in text and "0.2 s" in text
+    assert "x faster" in text.splitlines()[0]
+    (line,) = [line for line in text.splitlines() if line.startswith("3x tflowrank")]
+    assert line.split()[-3:] == ["0.100", "3.00", "12"]  # 300 / 100 us: three times faster
 
 
 def test_seeds_summary_pairs_the_rows_by_seed(monkeypatch):

@@ -62,9 +62,10 @@ def test_factorize_export_profile_chain(model_file, tmp_path):
     assert code == 0, err
     assert "CONV_2D x3" in out and tflite.is_file()
     report = tmp_path / "profile.json"
-    code, out, err = run("profile", tflite, tflite, "--runs", "3", "--json", report)
+    code, out, err = run("profile", tflite, tflite, "--runs", "3", "--repeats", "2", "--json", report)
     assert code == 0, err
-    assert len(json.loads(report.read_text())) == 2
+    timed = json.loads(report.read_text())
+    assert len(timed) == 2 and all(t["repeats"] == 2 and len(t["repeat_medians_us"]) == 2 for t in timed)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -3,6 +3,7 @@
 import importlib.util
 import inspect
 import json
+import statistics
 
 import keras
 import numpy as np
@@ -117,6 +118,13 @@ def test_compress_meets_the_target_and_writes_a_complete_report(compressed, mode
     assert result.export.size_bytes < result.baseline_float32_bytes
     assert abs(result.tflite_accuracy - result.keras_accuracy) <= 0.05
     assert result.profile.inference_median_us > 0 and result.speedup > 0
+    for timed in (result.profile, result.baseline_profile):  # 5 rounds of 3 runs, in fresh processes
+        assert (timed.repeats, timed.runs, len(timed.repeat_medians_us)) == (5, 15, 5)
+        assert timed.inference_median_us == statistics.median(timed.repeat_medians_us)
+    assert report["profiles"]["compressed"]["repeats"] == 5
+    assert ("Host latency: the median of 3 runs, over 5 rounds alternating the two files, each in a "
+            "fresh process for the in-process runner (median of the rounds) (litert-python, 1 thread(s))."
+            in text) and "of the budget" not in text
     assert any(line.startswith("Compression plan") for line in lines)
     assert "top-1 int8 TFLite" in str(result)
 
@@ -198,12 +206,12 @@ def test_compress_in_latency_plans_on_measured_latencies(model, data, tmp_path, 
             us = 100.0 if rank is None else 20.0 + (sum(rank) if isinstance(rank, list) else rank)
             (folder / job["file"]).write_text(str(us))
 
-    def time_round(paths, options, folder):  # the whole model is a real .tflite, exported here
-        return [1000.0 if open(p, "rb").read(8)[4:] == b"TFL3" else float(open(p).read())
+    def time(paths, options, report):  # the whole model is a real .tflite, exported here
+        return [[1000.0 if open(p, "rb").read(8)[4:] == b"TFL3" else float(open(p).read())] * 5
                 for p in paths]
 
     monkeypatch.setattr(latency_table, "_run_worker", run_worker)
-    monkeypatch.setattr(latency_table, "_time_round", time_round)
+    monkeypatch.setattr(latency_table, "_time", time)
     out = tmp_path / "latency"
     result = compress(model, data[0], data[1], 0.8, cost="latency", finetune_epochs=1, qat=False,
                       output_dir=out, methods=("spatial", "svd"), candidates=3, search_samples=128,
@@ -219,6 +227,9 @@ def test_compress_in_latency_plans_on_measured_latencies(model, data, tmp_path, 
     assert report["frontier"] == []  # other targets would time new chains: not in the report
     assert CompressionPlan.load(out / "plan.json") == plan
     assert result.macs < result.baseline_macs and result.profile.inference_median_us > 0
+    measured = result.profile.inference_median_us / result.baseline_profile.inference_median_us
+    assert (f"Measured: {measured:.3f} of the baseline's latency, {measured / 0.8:.2f} of the budget "
+            "(0.8 of the baseline).") in (out / "report.md").read_text()
 
 
 def test_cli_compress_names_missing_arrays(model, tmp_path, capsys):
@@ -247,6 +258,7 @@ def test_cli_compress_names_missing_arrays(model, tmp_path, capsys):
     ({"learning_rate": "fast"}, r"`learning_rate` must be .* Received: learning_rate='fast'"),
     ({"distill": 1}, r"`distill` must be True or False\. Received: distill=1"),
     ({"refit": "yes"}, r"`refit` must be True or False\. Received: refit='yes'"),
+    ({"profile_repeats": 0}, r"`profile_repeats` must be an integer >= 1\. Received: profile_repeats=0"),
 ])
 def test_bad_arguments_are_named(model, data, tmp_path, kwargs, message):
     args = {"train_data": data[0], "val_data": data[1], "target": 0.5, **kwargs}

@@ -5,6 +5,8 @@ flatbuffer schema of ai-edge-litert, so these tests stay fast."""
 import json
 import os
 import re
+import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
 
+from tflowrank import profiling
 from tflowrank.benchmark_tool import EM_AARCH64, EM_X86_64
 from tflowrank.errors import ToolError
 from tflowrank.profiling import MicroOp, ProfileResult, format_profiles, profile
@@ -157,6 +160,77 @@ def test_host_without_tool_falls_back_to_litert_in_process(models, no_tool):
     assert result.inference_p95_us <= result.inference_max_us
     (plain,) = profile(models["int8"], runs=2, xnnpack=False)  # without default delegates
     assert plain.runner == "litert-python"
+
+
+def test_repeats_in_process_time_each_round_in_a_fresh_process(models, no_tool, monkeypatch, tmp_path):
+    second = tmp_path / "copy.tflite"
+    shutil.copy(models["int8"], second)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("timed in the calling process")
+
+    monkeypatch.setattr(profiling, "_run_in_process", not_here)  # the children import their own
+    calls = []
+    results = profile([models["int8"], second], runs=4, warmup_runs=1, repeats=3,
+                      progress=lambda *args: calls.append(args))
+    order = [(index, total, str(path)) for index, total, path, result in calls if result is not None]
+    first, other = str(models["int8"]), str(second)
+    assert order == [(1, 6, first), (2, 6, other), (3, 6, other), (4, 6, first), (5, 6, first), (6, 6, other)]
+    for result, path in zip(results, (first, other), strict=True):
+        assert (result.model, result.runner, result.repeats, result.runs) == (path, "litert-python", 3, 12)
+        assert len(result.repeat_medians_us) == 3
+        assert result.inference_median_us == statistics.median(result.repeat_medians_us)
+        assert result.inference_min_us <= min(result.repeat_medians_us)
+        assert max(result.repeat_medians_us) <= result.inference_max_us
+        assert result.inference_min_us <= result.inference_avg_us <= result.inference_max_us
+
+
+def test_one_round_is_timed_here_and_lists_its_median(models, no_tool):
+    (result,) = profile(models["int8"], runs=3)
+    assert result.repeats == 1 and result.repeat_medians_us == (result.inference_median_us,)
+
+
+def test_repeats_with_the_tool_run_it_once_per_round(models, tool):
+    tool.set()
+    (result,) = profile(models["int8"], benchmark_binary=tool.path, runs=30, repeats=2)
+    assert result.runner == "benchmark_model" and result.repeats == 2 and result.runs == 140
+    assert result.inference_median_us is None  # this tool version prints no percentiles: averages
+    assert result.repeat_medians_us == (14290.9, 14290.9)
+    assert (result.inference_avg_us, result.init_us) == (pytest.approx(14290.9), 52687)
+    assert result.inference_std_us == pytest.approx(452)
+    assert result.command == (str(tool.path), *tool.argv)
+
+
+def test_rounds_merge_as_all_their_invocations_together():
+    rng = np.random.default_rng(0)
+    samples = [rng.uniform(10, 20, n) for n in (5, 7, 9)]
+    rounds = [ProfileResult(model="m", target="host", runner="litert-python", threads=1, runs=len(x),
+                            init_us=float(i), first_inference_us=30.0 + i, warmup_avg_us=25.0 + i,
+                            inference_avg_us=float(x.mean()), inference_median_us=float(np.median(x)),
+                            inference_std_us=float(x.std()), peak_memory_mb=[3.0, None, 1.0][i],
+                            size_bytes=100, inference_min_us=float(x.min()), inference_max_us=float(x.max()),
+                            inference_p95_us=float(i))
+              for i, x in enumerate(samples)]
+    merged = profiling._combine(rounds)
+    every = np.concatenate(samples)
+    assert merged.runs == 21 and merged.repeats == 3
+    assert merged.inference_avg_us == pytest.approx(every.mean())
+    assert merged.inference_std_us == pytest.approx(every.std())
+    assert (merged.inference_min_us, merged.inference_max_us) == (every.min(), every.max())
+    assert merged.repeat_medians_us == tuple(float(np.median(x)) for x in samples)
+    assert merged.inference_median_us == statistics.median(merged.repeat_medians_us)
+    assert (merged.init_us, merged.first_inference_us, merged.inference_p95_us) == (1.0, 31.0, 1.0)
+    assert merged.peak_memory_mb is None  # not measured in every round
+    assert profiling._combine(rounds[:1]) == ProfileResult(**{**rounds[0].__dict__, "repeat_medians_us":
+                                                              (rounds[0].inference_median_us,)})
+
+
+def test_a_failing_round_in_a_child_is_a_tool_error(no_tool, tmp_path):
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"not a flatbuffer")
+    with pytest.raises(ToolError, match=r"Timing 1 model\(s\) in a child process failed") as caught:
+        profile(broken, repeats=2)
+    assert "tflowrank.profiling" in " ".join(caught.value.command) and caught.value.output_tail
 
 
 @pytest.mark.parametrize("option", ["gpu", "peak_memory", "op_profiling"])
@@ -331,6 +405,13 @@ def test_micro_float_model_parity_in_float(models, tmp_path):
         ({"gpu": "yes"}, "`gpu` must be True or False. Received: gpu='yes'"),
         ({"xnnpack": 1}, "`xnnpack` must be True, False or None. Received: xnnpack=1"),
         ({"threads": 0}, "`threads` must be an integer >= 1. Received: threads=0"),
+        ({"repeats": 0}, "`repeats` must be an integer >= 1. Received: repeats=0"),
+        ({"repeats": 2.0}, "`repeats` must be an integer >= 1. Received: repeats=2.0"),
+        (
+            {"target": "micro", "repeats": 3},
+            "`repeats` applies to target='host' and 'android' only (TFLite Micro measures no latency). "
+            "Received: repeats=3 with target='micro'",
+        ),
     ],
 )
 def test_bad_arguments(kwargs, message):

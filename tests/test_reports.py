@@ -46,6 +46,7 @@ def results():
         result("base.tflite", 4000.0, 4096, peak_memory_mb=20.0, node_types=TYPES, device="R58M (arm64-v8a)",
                command=("adb", "-s", "R58M", "shell", "benchmark_model --graph=x")),
         result("small.tflite", 1000.0, 1024, peak_memory_mb=10.0, node_types=TYPES[:1],
+               repeats=2, repeat_medians_us=(1000.0, 1012.5),
                op_profile=(OpRow("CONV_2D", "[conv]:0", 0.5, 0.4, 80.0, 80.0, 0.0, 1),)),
     ]  # fmt: skip
 
@@ -103,6 +104,8 @@ def test_to_csv(results, tmp_path):
     assert "op_profile" not in rows[0] and "node_types" not in rows[0]
     assert rows[2]["micro_arena_total_bytes"] == "1024" and rows[2]["micro_flash_ok"] == "True"
     assert rows[2]["micro_ops"] == "CONV_2D x2" and rows[0]["micro_ops"] == ""
+    assert (rows[1]["repeats"], rows[1]["repeat_medians_us"], rows[0]["repeat_medians_us"]) == (
+        "2", "1000; 1012.5", "")
     assert (tmp_path / "out.csv").read_text() == text
 
 

@@ -54,3 +54,10 @@ def write_bytes_atomic(path, data):
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
     return Path(path)
+
+
+def child_env():
+    """The caller's environment, with this copy of tflowrank first on a child process's import path."""
+    root = str(Path(__file__).resolve().parents[1])
+    paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}

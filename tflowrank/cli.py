@@ -93,6 +93,9 @@ def _parser():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup-runs", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="time every model this many times, in rounds (in process: each in a fresh "
+                        "process), and report the median over rounds (default 1)")
     tool = p.add_mutually_exclusive_group()
     tool.add_argument("--benchmark-binary",
                       help="the benchmark_model tool: host: optional (else $TFLOWRANK_BENCHMARK_MODEL, "
@@ -157,6 +160,9 @@ def _parser():
     p.add_argument("--multiple-of", type=int, default=1, help="round ranks to a multiple")
     p.add_argument("--cache", help="sensitivity table JSON (default: OUTPUT/sensitivity.json)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per model on the host")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="rounds timing the baseline and the compressed model, each in a fresh "
+                        "process (default 5)")
     p.add_argument("--train-samples", type=int, help="use only the first N training samples")
     p.add_argument("--val-samples", type=int, help="use only the first N validation samples")
     p.set_defaults(run=_compress)
@@ -328,7 +334,7 @@ def _profile(args):
                for name in writers if getattr(args, name)}
     results = profile(
         args.models, target=args.target, threads=args.threads, runs=args.runs,
-        warmup_runs=args.warmup_runs,
+        warmup_runs=args.warmup_runs, repeats=args.repeats,
         benchmark_binary=False if args.in_process else args.benchmark_binary,
         serial=args.serial, xnnpack=args.xnnpack, gpu=args.gpu, nnapi=args.nnapi,
         cpu_mask=args.cpu_mask, peak_memory=args.peak_memory, op_profiling=args.op_profiling,
@@ -396,7 +402,8 @@ def _compress(args):
                       feature_distill=args.feature_distill,
                       **({} if args.search_samples is None else {"search_samples": args.search_samples}),
                       candidates=args.candidates, multiple_of=args.multiple_of, cache=args.cache,
-                      profile_runs=args.runs, log=lambda line: print(line, file=sys.stderr))
+                      profile_runs=args.runs, profile_repeats=args.repeats,
+                      log=lambda line: print(line, file=sys.stderr))
     print(result)
     print(f"\nreport: {Path(args.output) / 'report.md'}; int8 model: {result.export.path}")
 

@@ -130,8 +130,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
              methods=None,
              candidates=10, multiple_of=1, cache=None, search_data=None, search_samples=1000,
              calibration_samples=500, refit=True, batch_size=128, learning_rate=None, loss=None,
-             distill=False, feature_distill=None, profile_runs=50, profile_options=None, plan=None,
-             seed=0, log=print, progress=None):
+             distill=False, feature_distill=None, profile_runs=50, profile_repeats=5,
+             profile_options=None, plan=None, seed=0, log=print, progress=None):
     """Compress ``model`` to ``target`` of its cost, fine-tune it, export int8 TFLite, report.
 
     Args:
@@ -192,7 +192,10 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             below. On the Fashion-MNIST CNN, 0.3 gained about 0.1 point at 3x and 5x fewer MACs
             and nothing at 8x (5 seeds, docs/benchmarks.md). The report records the weight used:
             0 without float fine-tuning steps or without a layer to match (nested models).
-        profile_runs, profile_options: timed runs, and other ``tflowrank.profile`` arguments
+        profile_runs, profile_repeats, profile_options: timed runs, rounds (the baseline's and
+            the compressed int8 files timed alternately, in process each round in a fresh child
+            process; the latency is the median over rounds of each round's median: one process
+            can be 15% off on a desktop CPU), and other ``tflowrank.profile`` arguments
             (``target``, ``threads``, ``benchmark_binary``, ...; default the host, 1 thread).
         plan: a ``CompressionPlan`` to apply instead of searching (an earlier search's, or one
             made by hand); ``target`` must then be the plan's and the sensitivity plots are
@@ -230,7 +233,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         raise ValueError(f"`qat_epochs` must be a number in (0, finetune_epochs={finetune_epochs}]. "
                          f"Received: qat_epochs={qat_epochs!r}")
     for name, value in (("search_samples", search_samples), ("calibration_samples", calibration_samples),
-                        ("batch_size", batch_size), ("profile_runs", profile_runs)):
+                        ("batch_size", batch_size), ("profile_runs", profile_runs),
+                        ("profile_repeats", profile_repeats)):
         _check_int(name, value, 1)
     if learning_rate is not None and (isinstance(learning_rate, bool)
                                       or not isinstance(learning_rate, numbers.Real)
@@ -399,6 +403,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     stage = time.perf_counter()
     options = {"threads": 1, "warmup_runs": 5, **(profile_options or {})}
     options["runs"] = profile_runs
+    if options.get("target") != "micro":  # TFLite Micro measures no latency
+        options["repeats"] = profile_repeats
     base_profile, new_profile = profile([base_int8.path, exported.path], **options)
     seconds["profile"] = time.perf_counter() - stage
     seconds["total"] = time.perf_counter() - started

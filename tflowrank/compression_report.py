@@ -84,6 +84,26 @@ def _feature_words(settings):
             if weight else "")
 
 
+def _latency_words(data, settings):
+    """How the latency was timed, and with ``cost="latency"`` where it landed against the target."""
+    profiles = data.get("profiles") or {}
+    compressed = profiles.get("compressed") or {}
+    if not compressed.get("repeat_medians_us"):
+        return []
+    rounds = compressed.get("repeats", 1)
+    words = [f"Host latency: the median of {compressed['runs'] // rounds} runs"
+             + (f", over {rounds} rounds alternating the two files, each in a fresh process for "
+                "the in-process runner (median of the rounds)" if rounds > 1 else "")
+             + f" ({compressed.get('runner')}, {compressed.get('threads')} thread(s))."]
+    if data["plan"]["cost"] == "latency" and data.get("baseline_int8_median_us"):
+        measured = data["int8_median_us"] / data["baseline_int8_median_us"]
+        target = settings.get("target")
+        words.append(f"Measured: {measured:.3f} of the baseline's latency"
+                     + (f", {measured / target:.2f} of the budget ({target} of the baseline)"
+                        if target else "") + ".")
+    return [" ".join(words), ""]
+
+
 def markdown(data, plots=(), notes=()):
     settings = data.get("settings", {})
     plan = data["plan"]
@@ -98,6 +118,7 @@ def markdown(data, plots=(), notes=()):
               f"validation: {settings.get('val_samples')} samples; sensitivities scored on "
               f"{settings.get('search_samples')} training samples.", ""]
     lines += ["## Result", "", "```", summary_table(data), "```", ""]
+    lines += _latency_words(data, settings)
     if "after_factorize_accuracy" in data:
         lines += [f"Top-1 right after factorization (batch-norm statistics re-estimated, before "
                   f"fine-tuning): {data['after_factorize_accuracy']:.4f}.", ""]

@@ -12,8 +12,8 @@ exported as ``export_tflite`` exports it by default.
 The TFLite converter leaks about 20 MB per ``convert()`` (TF 2.21), so the chains are converted
 in a child process (``python -m tflowrank.latency_table convert SPEC``, at most
 ``_JOBS_PER_WORKER`` per child) that writes .tflite files into a temporary folder. They are timed
-in ``_ROUNDS`` rounds, every file once per round, each round in a fresh child process
-(``... time SPEC``, LiteRT without TensorFlow): on the development host the same .tflite files
+with ``tflowrank.profile(repeats=_ROUNDS)``: every file once per round, in process each round in
+a fresh child process (LiteRT without TensorFlow): on the development host the same .tflite files
 time up to 15% apart from one process to another (and their ratios up to 10%), which a median
 over processes evens out. An entry is the median over its rounds of the median of ``runs``
 invocations.
@@ -33,7 +33,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import platform
 import subprocess
 import sys
@@ -219,12 +218,8 @@ class LatencyTable:
         with tempfile.TemporaryDirectory(prefix="tflowrank-latency-") as folder:
             folder = Path(folder)
             files = self._export(list(missing.values()), folder, report)
-            rounds = {key: [] for key in missing}
-            for index in range(_ROUNDS):
-                report(f"timing {len(files)} models, round {index + 1}/{_ROUNDS}")
-                values = _time_round([str(files[key]) for key in missing], self.profile_options, folder)
-                for key, value in zip(missing, values):
-                    rounds[key].append(value)
+            rounds = dict(zip(missing, _time([str(files[key]) for key in missing],
+                                             self.profile_options, report)))
             report(None)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         settings = self.settings()
@@ -361,22 +356,24 @@ def _run_worker(jobs, folder, on_done=None):
     _child("convert", spec, "Converting op chains for cost='latency'", on_done)
 
 
-def _time_round(paths, options, folder):
-    """The latency (median of ``runs`` invocations) of each .tflite of ``paths``, timed with
-    ``tflowrank.profile(paths, **options)`` in a fresh child process."""
-    spec = Path(folder) / f"timing{time.monotonic_ns()}.json"
-    spec.write_text(json.dumps({"paths": list(paths), "options": options}, default=str))
-    _child("time", spec, "Timing op chains for cost='latency'")
-    return json.loads(spec.with_suffix(".out.json").read_text())
+def _time(paths, options, report):
+    """Each round's latency of each of ``paths`` (``[[us, ...], ...]``, ``_ROUNDS`` each): the
+    median of ``runs`` invocations, timed with ``tflowrank.profile(paths, repeats=_ROUNDS, **options)``."""
+    from .profiling import profile
+
+    def progress(index, total, path, result):
+        if result is not None:
+            report(f"timing {len(paths)} models x {_ROUNDS} rounds: {index}/{total}")
+
+    return [list(r.repeat_medians_us) for r in profile(paths, repeats=_ROUNDS, progress=progress, **options)]
 
 
 def _child(mode, spec, what, on_done=None):
     """Run ``python -m tflowrank.latency_table MODE SPEC``; ``ToolError`` with its output if it fails."""
+    from ._io import child_env
     from .errors import ToolError
 
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env = child_env()
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     command = [sys.executable, "-m", "tflowrank.latency_table", mode, str(spec)]
     log = spec.with_suffix(".log")
@@ -393,17 +390,6 @@ def _child(mode, spec, what, on_done=None):
     if code != 0:
         tail = "".join(lines[-10:]) + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise ToolError(f"{what} failed (exit code {code}).", command, tail)
-
-
-def _timer(spec):
-    """The child that times: ``{"paths": [...], "options": {...}}`` -> ``<spec>.out.json``."""
-    from tflowrank.profiling import profile
-
-    spec = Path(spec)
-    task = json.loads(spec.read_text())
-    values = [r.inference_median_us if r.inference_median_us is not None else r.inference_avg_us
-              for r in profile(task["paths"], **task["options"])]
-    spec.with_suffix(".out.json").write_text(json.dumps(values))
 
 
 def _worker(spec):
@@ -574,4 +560,4 @@ def layer_latencies(table, model, layers, representative_data=None, progress=Fal
 
 
 if __name__ == "__main__":
-    {"convert": _worker, "time": _timer}[sys.argv[1]](sys.argv[2])
+    {"convert": _worker}[sys.argv[1]](sys.argv[2])

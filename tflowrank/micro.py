@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import input_path
+from ._io import child_env, input_path
 from .errors import TflowrankError, ToolError
 
 __all__ = [
@@ -171,7 +171,7 @@ def run_micro(path, inputs, arena_size=None):
         while True:
             command = _worker_command(path, work / "inputs.npy", size, work)
             result = subprocess.run(
-                command, capture_output=True, text=True, errors="replace", env=_child_env()
+                command, capture_output=True, text=True, errors="replace", env=child_env()
             )
             if result.returncode == 0:
                 break
@@ -291,13 +291,6 @@ def _worker_command(model, inputs_file, arena_size, out_dir):
         sys.executable, "-m", "tflowrank.micro",
         str(model), str(inputs_file), str(arena_size), str(out_dir),
     ]  # fmt: skip
-
-
-def _child_env():
-    """The caller's environment, with this copy of tflowrank first on the child's import path."""
-    root = str(Path(__file__).resolve().parents[1])
-    paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def _run_error(path, arena_size, size, short, command, result):

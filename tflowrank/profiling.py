@@ -12,17 +12,23 @@ Targets, and the runner that produces the numbers (``ProfileResult.runner``):
 
 Each target maps (``_TARGETS``) to a context manager that prepares it once (finds the binary,
 sets up the device) and yields ``run(path) -> ProfileResult``; ``profile`` loops over the models
-and reports progress.
+and reports progress. With ``repeats``, it loops over rounds, and in process each round runs in a
+fresh child (``python -m tflowrank.profiling SPEC``, LiteRT without TensorFlow); ``_combine``
+merges a model's rounds into one result.
 """
 
 import contextlib
 import dataclasses
 import functools
 import importlib.util
+import json
+import math
 import os
 import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import input_path
+from ._io import child_env, input_path
 from .errors import TflowrankError, ToolError
 
 __all__ = ["profile", "ProfileResult", "MicroDetails", "MicroOp", "format_profiles", "TARGETS"]
@@ -98,6 +104,15 @@ class ProfileResult:
     timed invocations that ran (``0`` on ``"micro"``, which measures no latency). ``command`` is
     what ran (empty in process); ``op_profile`` (``OpRow``) and ``node_types`` (``NodeTypeRow``)
     hold the tool's op-profiling tables; ``micro`` holds the TFLM details.
+
+    ``repeats`` is how many rounds timed the model (``profile(repeats=...)``) and
+    ``repeat_medians_us`` each round's median (its average where the tool prints no median;
+    empty on ``"micro"``). Over several rounds: ``inference_median_us``, ``init_us``,
+    ``first_inference_us``, ``warmup_avg_us``, ``inference_p95_us`` and the memory footprints are
+    the median over rounds of each round's figure; ``inference_avg_us`` and ``inference_std_us``
+    are those of all timed invocations together; min and max over all; ``peak_memory_mb`` the
+    largest; ``runs`` the invocations of all rounds; ``command`` and the op tables the first
+    round's.
     """
 
     model: str
@@ -123,6 +138,8 @@ class ProfileResult:
     op_profile: tuple = ()
     node_types: tuple = ()
     micro: MicroDetails | None = None
+    repeats: int = 1
+    repeat_medians_us: tuple = ()
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -153,6 +170,7 @@ def profile(
     runs=50,
     warmup_runs=5,
     *,
+    repeats=1,
     benchmark_binary=None,
     serial=None,
     xnnpack=None,
@@ -177,6 +195,13 @@ def profile(
         target: ``"host"``, ``"android"`` or ``"micro"`` (see the module docstring).
         threads, runs, warmup_runs: as the tool's ``--num_threads``, ``--num_runs`` and
             ``--warmup_runs``; unused on ``"micro"``.
+        repeats: ``"host"`` and ``"android"``: time every model this many times, in rounds
+            that run each model once, the order reversed every other round, so that a
+            disturbance spreads over all of them. In process, each round runs in a fresh child
+            process: on a desktop CPU the same file times up to 15% apart from one process to
+            another (memory placement, presumably), which one process cannot show and a median
+            over processes evens out; a tool run is a fresh process anyway. Each result merges
+            its rounds (see ``ProfileResult``). 1 (the default) times once, in this process.
         benchmark_binary: the ``benchmark_model`` executable. ``"host"``: optional (else
             ``TFLOWRANK_BENCHMARK_MODEL``, then ``PATH``, then the in-process fallback;
             ``False`` skips the look-up and always runs in process); ``"android"``: required,
@@ -192,7 +217,9 @@ def profile(
         timeout: seconds one tool run may take before it is stopped (``ToolError``).
         flash_budget_kb, ram_budget_kb: ``"micro"``: budgets in KiB for a pass/fail and margin.
         progress: ``True`` prints a line per model to stderr; a callable is called as
-            ``progress(index, total, path, result)`` before (``result=None``) and after each model.
+            ``progress(index, total, path, result)`` before (``result=None``) and after each model
+            (with ``repeats``: each model of each round, ``total`` counting them all; for a
+            round in a child process, both calls come when the round ends).
 
     Raises:
         ValueError / TypeError: a bad argument (named, with the value received).
@@ -206,6 +233,10 @@ def profile(
     _check_count("threads", threads, minimum=1)
     _check_count("runs", runs, minimum=1)
     _check_count("warmup_runs", warmup_runs, minimum=0)
+    _check_count("repeats", repeats, minimum=1)
+    if target == "micro" and repeats != 1:
+        raise ValueError(f"`repeats` applies to target='host' and 'android' only (TFLite Micro "
+                         f"measures no latency). Received: repeats={repeats!r} with target='micro'")
     options = _Options(
         threads=int(threads),
         runs=int(runs),
@@ -230,13 +261,101 @@ def profile(
     if not paths:
         raise ValueError("`paths` must name at least one .tflite file. Received: paths=[]")
 
-    results = []
+    rounds = [[] for _ in paths]
+    total = len(paths) * repeats
     with _TARGETS[target](options) as run:
-        for index, path in enumerate(paths, start=1):
-            report(index, len(paths), path, None)
-            results.append(run(path))
-            report(index, len(paths), path, results[-1])
-    return results
+        isolated = repeats > 1 and getattr(run, "func", None) is _run_in_process
+        for round_ in range(repeats):
+            order = list(range(len(paths)))[:: -1 if round_ % 2 else 1]
+            done = round_ * len(paths)
+            if isolated:
+                results = _round_in_child([paths[i] for i in order], options)
+                for position, (i, result) in enumerate(zip(order, results)):
+                    report(done + position + 1, total, paths[i], None)
+                    rounds[i].append(result)
+                    report(done + position + 1, total, paths[i], result)
+                continue
+            for position, i in enumerate(order):
+                report(done + position + 1, total, paths[i], None)
+                rounds[i].append(run(paths[i]))
+                report(done + position + 1, total, paths[i], rounds[i][-1])
+    return [_combine(r) for r in rounds]
+
+
+def _combine(rounds):
+    """One model's ``ProfileResult`` of each round, merged into one (see ``ProfileResult``)."""
+    first = rounds[0]
+    medians = tuple(r.inference_median_us if r.inference_median_us is not None else r.inference_avg_us
+                    for r in rounds)
+    medians = () if None in medians else medians
+    if len(rounds) == 1:
+        return dataclasses.replace(first, repeats=1, repeat_medians_us=medians)
+
+    def each(name):
+        values = [getattr(r, name) for r in rounds]
+        return None if None in values else values
+
+    def median(name):
+        values = each(name)
+        return None if values is None else statistics.median(values)
+
+    runs = sum(r.runs for r in rounds)
+    avg = std = None
+    if each("inference_avg_us") is not None and runs:
+        avg = sum(r.runs * r.inference_avg_us for r in rounds) / runs
+        if each("inference_std_us") is not None:  # all invocations pooled
+            std = math.sqrt(sum(r.runs * (r.inference_std_us ** 2 + (r.inference_avg_us - avg) ** 2)
+                                for r in rounds) / runs)
+    return dataclasses.replace(
+        first,
+        runs=runs,
+        init_us=median("init_us"),
+        first_inference_us=median("first_inference_us"),
+        warmup_avg_us=median("warmup_avg_us"),
+        inference_avg_us=avg,
+        inference_median_us=median("inference_median_us"),
+        inference_std_us=std,
+        peak_memory_mb=None if each("peak_memory_mb") is None else max(each("peak_memory_mb")),
+        inference_min_us=None if each("inference_min_us") is None else min(each("inference_min_us")),
+        inference_max_us=None if each("inference_max_us") is None else max(each("inference_max_us")),
+        inference_p95_us=median("inference_p95_us"),
+        memory_footprint_mb=median("memory_footprint_mb"),
+        memory_footprint_init_mb=median("memory_footprint_init_mb"),
+        repeats=len(rounds),
+        repeat_medians_us=medians,
+    )
+
+
+def _round_in_child(paths, options):
+    """``_run_in_process`` on each of ``paths`` in a fresh child process (this module's
+    ``__main__``): ``ProfileResult`` list; ``ToolError`` with the child's output if it fails."""
+    with tempfile.TemporaryDirectory(prefix="tflowrank-profile-") as folder:
+        spec = Path(folder) / "round.json"
+        task = {"paths": [str(p) for p in paths], "options": dataclasses.asdict(options)}
+        spec.write_text(json.dumps(task, default=str))
+        command = [sys.executable, "-m", "tflowrank.profiling", str(spec)]
+        try:
+            child = subprocess.run(command, capture_output=True, text=True, errors="replace",
+                                   env={**child_env(), "TF_CPP_MIN_LOG_LEVEL": "2"},
+                                   timeout=options.timeout * len(paths))
+        except subprocess.TimeoutExpired as error:
+            raise ToolError(f"Timing {len(paths)} model(s) in a child process took more than "
+                            f"{error.timeout:.0f} s (`timeout` per model).", command, "") from None
+        if child.returncode != 0:
+            raise ToolError(f"Timing {len(paths)} model(s) in a child process failed (exit code "
+                            f"{child.returncode}).", command, (child.stdout + child.stderr)[-4000:])
+        answers = json.loads(spec.with_suffix(".out.json").read_text())
+    return [ProfileResult(**{**a, "command": (), "op_profile": (), "node_types": (), "micro": None,
+                             "repeat_medians_us": tuple(a["repeat_medians_us"])}) for a in answers]
+
+
+def _child_main(spec):
+    """The child of ``_round_in_child``: time each model of ``spec`` once, in this process."""
+    spec = Path(spec)
+    task = json.loads(spec.read_text())
+    options = _Options(**task["options"])
+    results = [_run_in_process(path, options).to_dict() for path in task["paths"]]
+    spec.with_suffix(".out.json").write_text(json.dumps(results))
 
 
 def format_profiles(results):
@@ -641,3 +760,6 @@ def _ms(us):
 # target -> context manager(options) yielding run(path) -> ProfileResult
 _TARGETS = {"host": _host, "android": _android, "micro": _micro}
 TARGETS = tuple(_TARGETS)
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1])

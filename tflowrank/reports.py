@@ -240,7 +240,11 @@ def _flat(result):
         value = getattr(result, f.name)
         if f.name in ("op_profile", "node_types", "micro"):
             continue
-        row[f.name] = shlex.join(value) if f.name == "command" else value
+        if f.name == "command":
+            value = shlex.join(value)
+        elif f.name == "repeat_medians_us":
+            value = "; ".join(f"{v:g}" for v in value)
+        row[f.name] = value
     if result.micro is not None:
         for f in fields(result.micro):
             value = getattr(result.micro, f.name)
