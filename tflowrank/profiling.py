@@ -264,6 +264,7 @@ def profile(
     rounds = [[] for _ in paths]
     total = len(paths) * repeats
     with _TARGETS[target](options) as run:
+        # the in-process runner times each round in a fresh child; a tool run is a fresh process
         isolated = repeats > 1 and getattr(run, "func", None) is _run_in_process
         for round_ in range(repeats):
             order = list(range(len(paths)))[:: -1 if round_ % 2 else 1]
@@ -291,36 +292,32 @@ def _combine(rounds):
     if len(rounds) == 1:
         return dataclasses.replace(first, repeats=1, repeat_medians_us=medians)
 
-    def each(name):
+    def over(name, how=statistics.median):  # None unless every round measured it
         values = [getattr(r, name) for r in rounds]
-        return None if None in values else values
-
-    def median(name):
-        values = each(name)
-        return None if values is None else statistics.median(values)
+        return None if None in values else how(values)
 
     runs = sum(r.runs for r in rounds)
     avg = std = None
-    if each("inference_avg_us") is not None and runs:
+    if over("inference_avg_us", list) is not None and runs:
         avg = sum(r.runs * r.inference_avg_us for r in rounds) / runs
-        if each("inference_std_us") is not None:  # all invocations pooled
+        if over("inference_std_us", list) is not None:  # all invocations pooled
             std = math.sqrt(sum(r.runs * (r.inference_std_us ** 2 + (r.inference_avg_us - avg) ** 2)
                                 for r in rounds) / runs)
     return dataclasses.replace(
         first,
         runs=runs,
-        init_us=median("init_us"),
-        first_inference_us=median("first_inference_us"),
-        warmup_avg_us=median("warmup_avg_us"),
+        init_us=over("init_us"),
+        first_inference_us=over("first_inference_us"),
+        warmup_avg_us=over("warmup_avg_us"),
         inference_avg_us=avg,
-        inference_median_us=median("inference_median_us"),
+        inference_median_us=over("inference_median_us"),
         inference_std_us=std,
-        peak_memory_mb=None if each("peak_memory_mb") is None else max(each("peak_memory_mb")),
-        inference_min_us=None if each("inference_min_us") is None else min(each("inference_min_us")),
-        inference_max_us=None if each("inference_max_us") is None else max(each("inference_max_us")),
-        inference_p95_us=median("inference_p95_us"),
-        memory_footprint_mb=median("memory_footprint_mb"),
-        memory_footprint_init_mb=median("memory_footprint_init_mb"),
+        peak_memory_mb=over("peak_memory_mb", max),
+        inference_min_us=over("inference_min_us", min),
+        inference_max_us=over("inference_max_us", max),
+        inference_p95_us=over("inference_p95_us"),
+        memory_footprint_mb=over("memory_footprint_mb"),
+        memory_footprint_init_mb=over("memory_footprint_init_mb"),
         repeats=len(rounds),
         repeat_medians_us=medians,
     )
@@ -336,7 +333,7 @@ def _round_in_child(paths, options):
         command = [sys.executable, "-m", "tflowrank.profiling", str(spec)]
         try:
             child = subprocess.run(command, capture_output=True, text=True, errors="replace",
-                                   env={**child_env(), "TF_CPP_MIN_LOG_LEVEL": "2"},
+                                   env={"TF_CPP_MIN_LOG_LEVEL": "2", **child_env()},
                                    timeout=options.timeout * len(paths))
         except subprocess.TimeoutExpired as error:
             raise ToolError(f"Timing {len(paths)} model(s) in a child process took more than "
