@@ -19,7 +19,9 @@ target again (everything cached: the plan must be identical). The time of each i
 Then the baseline and each compressed int8 model are timed ``--repeats`` times
 (``tflowrank.profile(repeats=...)``), each repeat in a fresh process timing every model once
 (order reversed every other repeat), each the median of ``--runs`` invocations after 20 warm-up
-runs (1 thread); reported: the median over repeats. One process is not enough: on this host the
+runs (1 thread); reported: the median over repeats (``measured/budget``: the two medians'
+ratio over the target; ``paired/budget``: the median over repeats of the model's time over the
+baseline's in the same repeat, over the target). One process is not enough: on this host the
 same .tflite files time up to 15% apart from one process to another, and their ratios up to 10%
 (memory placement, presumably). Budget =
 target x measured baseline; the plan's prediction is its ``total_after`` (the search's own
@@ -163,11 +165,13 @@ def main(argv=None):
     for key, plan in built["plans"].items():
         measured = statistics.median(timed[key])
         budget = plan["target"] * baseline
+        paired = statistics.median(a / b for a, b in zip(timed[key], timed["baseline"]))
         rows.append({"target": plan["target"], "predicted_us": plan["total_after"],
                      "predicted_baseline_us": plan["total_before"],
                      "measured_us": measured, "measured_min_us": min(timed[key]),
                      "measured_max_us": max(timed[key]), "budget_us": budget,
                      "measured_over_budget": measured / budget,
+                     "paired_fraction": paired, "paired_over_budget": paired / plan["target"],
                      "measured_over_predicted": measured / plan["total_after"],
                      "measured_fraction": measured / baseline,
                      "predicted_score": plan["predicted_score"], "top1_keras": built["top1_keras"][key],
@@ -191,17 +195,19 @@ def report(record):
     base = record["baseline"]
     rows, plans = record["rows"], list(record["plans"].values())
     lines = [["baseline", "-", f"{rows[0]['predicted_baseline_us']:.1f}" if rows else "-",
-              f"{base['measured_us']:.1f}", "-", "-", "-",
+              f"{base['measured_us']:.1f}", "-", "-", "-", "-",
               f"{plans[0]['baseline_score']:.4f}" if plans else "-",
               f"{base['top1_keras']:.4f}", f"{base['top1_int8']:.4f}", "-"]]
     for row in rows:
         plan = ", ".join(f"{e['layer']} {e['method']} {e['rank']}" for e in row["layers"] if e["method"])
         lines.append([f"target {row['target']:g}", f"{row['budget_us']:.1f}", f"{row['predicted_us']:.1f}",
                       f"{row['measured_us']:.1f}", f"{row['measured_over_budget']:.3f}",
+                      f"{row['paired_over_budget']:.3f}",
                       f"{row['measured_over_predicted']:.3f}", f"{row['measured_fraction']:.3f}",
                       f"{row['predicted_score']:.4f}", f"{row['top1_keras']:.4f}",
                       f"{row['top1_int8']:.4f}", plan])
     text = format_table(["int8 model", "budget us", "predicted us", "measured us", "measured/budget",
+                         "paired/budget",
                          "measured/predicted", "kept", "predicted score", "top-1 Keras", "top-1 int8",
                          "plan"], lines)
     searches = [[f"{s['target']:g}", s["caches"], f"{s['seconds']:.1f}"] for s in record["searches"]]

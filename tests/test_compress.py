@@ -125,6 +125,11 @@ def test_compress_meets_the_target_and_writes_a_complete_report(compressed, mode
     assert ("Host latency: the median of 3 runs, over 5 rounds alternating the two files, each in a "
             "fresh process for the in-process runner (median of the rounds) (litert-python, 1 thread(s))."
             in text) and "of the budget" not in text
+    spread = (f"The rounds ranged {min(result.baseline_profile.repeat_medians_us):.1f}-"
+              f"{max(result.baseline_profile.repeat_medians_us):.1f} us (baseline), "
+              f"{min(result.profile.repeat_medians_us):.1f}-{max(result.profile.repeat_medians_us):.1f} us "
+              "(compressed).")
+    assert spread in text
     assert any(line.startswith("Compression plan") for line in lines)
     assert "top-1 int8 TFLite" in str(result)
 

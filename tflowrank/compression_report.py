@@ -95,6 +95,11 @@ def _latency_words(data, settings):
              + (f", over {rounds} rounds alternating the two files, each in a fresh process for "
                 "the in-process runner (median of the rounds)" if rounds > 1 else "")
              + f" ({compressed.get('runner')}, {compressed.get('threads')} thread(s))."]
+    baseline = profiles.get("baseline") or {}
+    if rounds > 1 and baseline.get("repeat_medians_us"):  # a spread shows a machine that moved
+        words.append("The rounds ranged " + ", ".join(
+            f"{min(p['repeat_medians_us']):.1f}-{max(p['repeat_medians_us']):.1f} us ({name})"
+            for name, p in (("baseline", baseline), ("compressed", compressed))) + ".")
     if data["plan"]["cost"] == "latency" and data.get("baseline_int8_median_us"):
         measured = data["int8_median_us"] / data["baseline_int8_median_us"]
         target = settings.get("target")
