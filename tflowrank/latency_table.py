@@ -10,7 +10,7 @@ and timed with ``tflowrank.profile`` on the chosen target. The whole model is a 
 exported as ``export_tflite`` exports it by default.
 
 The TFLite converter leaks about 20 MB per ``convert()`` (TF 2.21), so the chains are converted
-in a child process (``python -m tflowrank.latency_table convert SPEC``, at most
+in a child process (``python -m tflowrank.latency_table SPEC``, at most
 ``_JOBS_PER_WORKER`` per child) that writes .tflite files into a temporary folder. They are timed
 with ``tflowrank.profile(repeats=_ROUNDS)``: every file once per round, in process each round in
 a fresh child process (LiteRT without TensorFlow): on the development host the same .tflite files
@@ -340,22 +340,6 @@ def _reporter(progress):
     return report
 
 
-# -- the child process that converts --------------------------------------------------------------
-
-def _run_worker(jobs, folder, on_done=None):
-    """Convert ``jobs`` (``(spec, weights)`` pairs) to .tflite files in ``folder`` in a child."""
-    folder = Path(folder)
-    spec = folder / f"spec{time.monotonic_ns()}.json"
-    arrays = {}
-    for index, (job, weights) in enumerate(jobs):
-        job["weights"] = None if weights is None else len(weights)
-        for position, value in enumerate(weights or ()):
-            arrays[f"{index}_{position}"] = value
-    np.savez(spec.with_suffix(".npz"), **arrays)
-    spec.write_text(json.dumps([job for job, _ in jobs]))
-    _child("convert", spec, "Converting op chains for cost='latency'", on_done)
-
-
 def _time(paths, options, report):
     """Each round's latency of each of ``paths`` (``[[us, ...], ...]``, ``_ROUNDS`` each): the
     median of ``runs`` invocations, timed with ``tflowrank.profile(paths, repeats=_ROUNDS, **options)``."""
@@ -368,14 +352,26 @@ def _time(paths, options, report):
     return [list(r.repeat_medians_us) for r in profile(paths, repeats=_ROUNDS, progress=progress, **options)]
 
 
-def _child(mode, spec, what, on_done=None):
-    """Run ``python -m tflowrank.latency_table MODE SPEC``; ``ToolError`` with its output if it fails."""
+# -- the child process that converts --------------------------------------------------------------
+
+def _run_worker(jobs, folder, on_done=None):
+    """Convert ``jobs`` (``(spec, weights)`` pairs) to .tflite files in ``folder`` in a child
+    (``_worker``); ``ToolError`` with its output if it fails."""
     from ._io import child_env
     from .errors import ToolError
 
+    folder = Path(folder)
+    spec = folder / f"spec{time.monotonic_ns()}.json"
+    arrays = {}
+    for index, (job, weights) in enumerate(jobs):
+        job["weights"] = None if weights is None else len(weights)
+        for position, value in enumerate(weights or ()):
+            arrays[f"{index}_{position}"] = value
+    np.savez(spec.with_suffix(".npz"), **arrays)
+    spec.write_text(json.dumps([job for job, _ in jobs]))
     env = child_env()
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    command = [sys.executable, "-m", "tflowrank.latency_table", mode, str(spec)]
+    command = [sys.executable, "-m", "tflowrank.latency_table", str(spec)]
     log = spec.with_suffix(".log")
     with open(log, "w") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
@@ -389,7 +385,7 @@ def _child(mode, spec, what, on_done=None):
         code = process.wait()
     if code != 0:
         tail = "".join(lines[-10:]) + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise ToolError(f"{what} failed (exit code {code}).", command, tail)
+        raise ToolError(f"Converting op chains for cost='latency' failed (exit code {code}).", command, tail)
 
 
 def _worker(spec):
@@ -560,4 +556,4 @@ def layer_latencies(table, model, layers, representative_data=None, progress=Fal
 
 
 if __name__ == "__main__":
-    {"convert": _worker}[sys.argv[1]](sys.argv[2])
+    _worker(sys.argv[1])
