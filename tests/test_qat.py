@@ -15,6 +15,7 @@ import tflowrank  # noqa: E402
 from tflowrank import qat, quantizers, zoo  # noqa: E402
 from tflowrank.callbacks import QuantizeAware  # noqa: E402
 from tflowrank.layers import CPConv2D, SVDConv2D, SVDDense  # noqa: E402
+from tflowrank.tflite_model import inspect_tflite  # noqa: E402
 
 
 def _flags(model):
@@ -286,3 +287,54 @@ def test_mirrored_strategy_keeps_ranges_identical_across_replicas(tmp_path):
     for per_replica in ranges:
         assert per_replica[0] == per_replica[1]
     assert any(r[0] != 0.0 for r in ranges)
+
+
+def _head_model(head):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    if head == "dense softmax":
+        outputs = keras.layers.Dense(4, activation="softmax", name="head")(x)
+    elif head == "Softmax layer":
+        outputs = keras.layers.Softmax(name="probs")(keras.layers.Dense(4, name="head")(x))
+    elif head == "dense sigmoid":
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="head")(x)
+    else:
+        outputs = keras.layers.Activation("sigmoid", name="probs")(keras.layers.Dense(1, name="head")(x))
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["dense softmax", "Softmax layer", "dense sigmoid", "Activation sigmoid"])
+def test_softmax_and_sigmoid_heads_train_and_export_at_the_fixed_tflite_scale(head, tmp_path):
+    model = _head_model(head)
+    qat_model = tflowrank.quantize_aware(model)
+    classes = model.output_shape[-1]
+    x = np.random.default_rng(0).random((128, 8, 8, 3), dtype=np.float32)
+    y = np.random.default_rng(1).integers(0, max(classes, 2), 128)
+    qat_model.compile(optimizer="adam", loss="sparse_categorical_crossentropy" if classes > 1
+                      else "binary_crossentropy")
+    qat_model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+
+    result = tflowrank.export_tflite(qat_model, tmp_path / "head.tflite")
+    op = "SOFTMAX" if "softmax" in head.lower() else "LOGISTIC"
+    assert result.ops[op] == 1 and inspect_tflite(result.path).is_fully_int8
+    tflite = _tflite_logits(result.path, x[:16])
+    # TFLite's int8 SOFTMAX / LOGISTIC output: scale 1/256, zero point -128
+    np.testing.assert_allclose(tflite * 256, np.round(tflite * 256), atol=1e-4)
+    np.testing.assert_allclose(tflite, qat_model.predict(x[:16], verbose=0), atol=1e-6)
+
+
+def test_a_fixed_range_quantizer_never_tracks_and_round_trips():
+    layer = quantizers.ActivationQuantizer(fixed_range=(0.0, 255 / 256))
+    layer.build()
+    out = np.asarray(layer(np.array([[0.3, 2.0, -1.0]], "float32"), training=True))
+    assert float(layer.range_max.numpy()) == pytest.approx(255 / 256)  # no tracking
+    np.testing.assert_allclose(out, [[round(0.3 * 256) / 256, 255 / 256, 0.0]], atol=1e-6)
+    config = layer.get_config()
+    assert quantizers.ActivationQuantizer.from_config(config).fixed_range == (0.0, 255 / 256)
+    for bad in ((0.5, 1.0), (0.0, 0.0), (0.0, float("inf")), "wide"):
+        with pytest.raises(ValueError, match=r"`fixed_range` must be None or \(low, high\) with "
+                                             r"low <= 0 < high\. Received: fixed_range="):
+            quantizers.ActivationQuantizer(fixed_range=bad)

@@ -31,6 +31,9 @@ _KEEP_SCALE = ("MaxPooling2D", "AveragePooling2D", "GlobalMaxPooling2D", "Flatte
 _RESCALE = ("Add", "Concatenate", "GlobalAveragePooling2D")
 _FUSABLE_INTO = ("weighted", "Add")
 _FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
+# activations TFLite runs as their own int8 op with a fixed output scale (SOFTMAX and LOGISTIC:
+# 1/256, zero point -128), whether a layer (Softmax, Activation) or a weighted layer's activation
+_FIXED_RANGE_ACTIVATIONS = {"softmax": (0.0, 255 / 256), "sigmoid": (0.0, 255 / 256)}
 
 
 def quantize_aware(model, float_fallback=False, ema_decay=0.99):
@@ -127,6 +130,8 @@ class _Builder:
             return name
         if name in ("ReLU", "Activation") and self._activation_name(layer) is not None:
             return "linear" if self._activation_name(layer) == "linear" else "activation"
+        if self._fixed_activation(layer) is not None:
+            return "fixed"
         if name == "BatchNormalization":
             return "bn"
         return None
@@ -145,6 +150,21 @@ class _Builder:
         name = getattr(fn, "__name__", None) if fn is not None else "linear"
         return name if name in _FUSED_ACTIVATIONS else None
 
+    def _fixed_activation(self, layer):
+        """softmax / sigmoid for a layer applying one over the channels that TFLite runs as its own
+        int8 op with a fixed output range (an Activation or Softmax layer, or a weighted layer's
+        activation), else None."""
+        name = type(layer).__name__
+        if name == "Softmax":
+            axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
+            return "softmax" if axis in (-1, (-1,)) else None
+        if name == "Activation" or (name in _WEIGHTED and name != "SeparableConv2D") \
+                or self.q._is_factorized(layer):
+            fn = getattr(layer, "activation", None)
+            fn_name = getattr(fn, "__name__", None)
+            return fn_name if fn_name in _FIXED_RANGE_ACTIVATIONS else None
+        return None
+
     def unsupported(self, layer):
         """Why ``layer`` cannot be quantized, or None."""
         kind = self.kind(layer)
@@ -159,9 +179,10 @@ class _Builder:
             return f"groups={layer.groups} (only 1)"
         if getattr(layer, "quantization_mode", None):
             return f"already quantized by Keras (quantization_mode={layer.quantization_mode!r})"
-        if self._fn_name(layer.activation) is None:
+        if self._fn_name(layer.activation) is None and self._fixed_activation(layer) is None:
             return (f"activation {getattr(layer.activation, '__name__', layer.activation)!r} "
-                    f"(only {', '.join(_FUSED_ACTIVATIONS)} fuse into an int8 {name})")
+                    f"(only {', '.join(_FUSED_ACTIVATIONS)} fuse into an int8 {name}, and "
+                    f"{' and '.join(_FIXED_RANGE_ACTIVATIONS)} run after it)")
         return None
 
     def check(self, model):
@@ -229,13 +250,16 @@ class _Builder:
         return consumers
 
     # -- building ----------------------------------------------------------------------------------
-    def quantizer(self, name):
+    def unique(self, name):
         base, index = name, 1
         while name in self.names:
             index += 1
             name = f"{base}_{index}"
         self.names.add(name)
-        return self.q.ActivationQuantizer(self.ema_decay, name=name)
+        return name
+
+    def quantizer(self, name, fixed_range=None):
+        return self.q.ActivationQuantizer(self.ema_decay, fixed_range=fixed_range, name=self.unique(name))
 
     def run(self, model, inputs):
         from . import graph
@@ -255,8 +279,15 @@ class _Builder:
             if id(op) in folds.folded:
                 return args[0]  # the layer before already applies it
             outputs = self.convert(op, folds.bn_of.get(id(op)))(*args, **kwargs)
+            fixed = self._fixed_activation(op)
+            if fixed and self.kind(op) == "weighted" and op.name not in self.fallback:
+                # TFLite splits it: the layer's int8 output, then the activation's own op
+                outputs = self.quantizer(f"{op.name}_linear_quant")(outputs)
+                outputs = self.keras.layers.Activation(fixed, name=self.unique(f"{op.name}_{fixed}"))(outputs)
             if not self._needs_range(op, outputs, consumers, bn_output):
                 return outputs
+            if fixed and op.name not in self.fallback:
+                return self.quantizer(f"{op.name}_quant", _FIXED_RANGE_ACTIVATIONS[fixed])(outputs)
             return self.quantizer(f"{op.name}_quant")(outputs)
 
         return function._run_through_graph(inputs, call_fn=call)
@@ -284,8 +315,10 @@ class _Builder:
         elif type(layer).__name__ == "SeparableConv2D":
             new = self._separable(layer)
         else:
-            new = self.q.QuantizedLayer(_fold(self.keras, layer, bn) if bn else _copy(layer),
-                                        self.ema_decay)
+            copy = _fold(self.keras, layer, bn) if bn else _copy(layer)
+            if self._fixed_activation(layer):  # applied after the layer's own range (run)
+                copy.activation = self.keras.activations.get("linear")
+            new = self.q.QuantizedLayer(copy, self.ema_decay)
         self.converted[id(layer)] = new
         return new
 

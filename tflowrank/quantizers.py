@@ -19,6 +19,7 @@ Importing this module imports Keras and TensorFlow and registers the layers for 
 """
 
 import functools
+import math
 
 import keras
 import tensorflow as tf
@@ -64,32 +65,47 @@ class ActivationQuantizer(keras.layers.Layer):
 
     Args:
         ema_decay: weight of the old range in each update, in ``[0, 1)``.
+        fixed_range: ``(low, high)`` with ``low <= 0 < high``: quantize with this range from
+            the start and never track one, for tensors whose int8 scale TFLite fixes (the
+            output of SOFTMAX and LOGISTIC: ``(0, 255 / 256)``, scale 1/256, zero point -128).
     """
 
-    def __init__(self, ema_decay=0.99, **kwargs):
+    def __init__(self, ema_decay=0.99, fixed_range=None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) \
                 or not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be a float in [0, 1). Received: ema_decay={ema_decay!r}")
+        if fixed_range is not None:
+            try:
+                low, high = (float(v) for v in fixed_range)
+            except (TypeError, ValueError):
+                low = high = math.nan
+            if not (math.isfinite(low) and math.isfinite(high) and low <= 0.0 < high):
+                raise ValueError("`fixed_range` must be None or (low, high) with low <= 0 < high. "
+                                 f"Received: fixed_range={fixed_range!r}")
+            fixed_range = (low, high)
         self.ema_decay = float(ema_decay)
+        self.fixed_range = fixed_range
         self.supports_masking = True
         self._export_range = None  # (low, high) floats: set on export copies only
 
     def build(self, input_shape=None):
-        def state(name):
-            return self.add_weight(name=name, shape=(), initializer="zeros", trainable=False,
-                                   aggregation="mean")
+        low, high, tracked = (*self.fixed_range, 1.0) if self.fixed_range else (0.0, 0.0, 0.0)
 
-        self.range_min = state("range_min")
-        self.range_max = state("range_max")
-        self.range_tracked = state("range_tracked")  # 0 until the first training batch
+        def state(name, value):
+            return self.add_weight(name=name, shape=(), initializer=keras.initializers.Constant(value),
+                                   trainable=False, aggregation="mean")
+
+        self.range_min = state("range_min", low)
+        self.range_max = state("range_max", high)
+        self.range_tracked = state("range_tracked", tracked)  # 0 until the first training batch
         self.quantize_enabled = _flag(self)
 
     def call(self, inputs, training=None):
         if self._export_range is not None:
             low, high = self._export_range
             return tf.quantization.fake_quant_with_min_max_vars(inputs, low, high, num_bits=NUM_BITS)
-        if training:
+        if training and self.fixed_range is None:
             batch_min = ops.cast(ops.min(inputs), "float32")
             batch_max = ops.cast(ops.max(inputs), "float32")
             decay = self.ema_decay * self.range_tracked  # the first batch sets the range
@@ -113,6 +129,8 @@ class ActivationQuantizer(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config["ema_decay"] = self.ema_decay
+        if self.fixed_range is not None:
+            config["fixed_range"] = list(self.fixed_range)
         return config
 
 
