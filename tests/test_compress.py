@@ -361,3 +361,48 @@ def test_the_positional_parameters_are_the_issue_contract():
     assert list(parameters)[:8] == ["model", "train_data", "val_data", "target", "cost",
                                     "finetune_epochs", "qat", "export"]
     assert parameters["qat_epochs"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def _softmax_model(loss):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1")(inputs)
+    x = keras.layers.Conv2D(24, 3, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(4, activation="softmax", name="head")(x)
+    model = keras.Model(inputs, outputs, name="softmax_head")
+    model.compile(optimizer="adam", loss=loss)  # a loss name, as most Keras code compiles
+    return model
+
+
+@pytest.mark.slow
+def test_a_softmax_model_compiled_with_a_loss_name_compresses_with_hints_and_qat(data, tmp_path):
+    (x, _), (x_val, _) = data
+    model = _softmax_model("sparse_categorical_crossentropy")
+    y, y_val = (model.predict(v, verbose=0).argmax(-1) for v in (x, x_val))
+    result = compress(model, (x, y), (x_val, y_val), 0.5, finetune_epochs=1, feature_distill=0.3,
+                      output_dir=tmp_path / "out", candidates=3, search_samples=128,
+                      calibration_samples=64, batch_size=64, profile_runs=3, profile_repeats=1,
+                      log=None, progress=False)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["settings"]["feature_distill"] == 0.3 and "qat" in report["history"]
+    assert result.export.ops["SOFTMAX"] == 1 and inspect_tflite(result.export.path).is_fully_int8
+    assert result.tflite_accuracy > 0.5  # its own labels, 4 classes
+
+
+def test_labels_that_do_not_fit_the_loss_are_refused_before_any_work(data, tmp_path):
+    (x, y), (x_val, y_val) = data
+    model = _softmax_model("categorical_crossentropy")  # one-hot rows expected, indices given
+    with pytest.raises(ValueError, match=r"The fine-tuning loss 'categorical_crossentropy' does not "
+                                         r"fit the labels of `train_data` \(shape \(512,\), dtype "
+                                         r"int64\) and the model's outputs \(shape \(None, 4\)\)"):
+        compress(model, (x, y), (x_val, y_val), 0.5, output_dir=tmp_path / "out", log=None)
+    with pytest.raises(ValueError, match=r"`loss` must be a Keras loss .* Received: loss='nonsense'"):
+        compress(model, (x, y), (x_val, y_val), 0.5, loss="nonsense", output_dir=tmp_path / "out",
+                 log=None)
+    assert not (tmp_path / "out").exists()  # refused before the search wrote anything
+    one_hot = np.eye(4, dtype="float32")
+    compress(model, (x[:64], one_hot[y[:64]]), (x_val[:32], one_hot[y_val[:32]]), 0.5,
+             finetune_epochs=1, qat=False, candidates=2, search_samples=32, calibration_samples=16,
+             profile_runs=2, profile_repeats=1, output_dir=tmp_path / "one_hot", log=None,
+             progress=False)  # the compiled loss with the labels it expects passes the check

@@ -173,8 +173,10 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             over all the epochs, the quantization-aware one included). ``learning_rate`` None:
             by the depth of the cut (``default_learning_rate``): 2e-3 when the factorized model
             keeps more than a quarter of the input model's MACs, 4e-3 below.
-        loss: the training loss; None: the model's compiled loss, else sparse categorical
-            cross-entropy (from logits unless the last layer applies a softmax).
+        loss: the training loss, a callable ``loss(y_true, y_pred)`` or a name Keras knows;
+            None: the model's compiled loss, else sparse categorical cross-entropy (from logits
+            unless the last layer applies a softmax). Tried on two training samples before the
+            search: labels that do not fit it are a ``ValueError``.
         distill: fine-tune on the input model's outputs too (knowledge distillation; off by
             default: on the Fashion-MNIST CNN it did not help at 2 epochs, see
             docs/benchmarks.md; the loss
@@ -255,6 +257,9 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     from . import graph
 
     graph.check_model(model)
+    loss = _loss(model, loss, keras)
+    if finetune_epochs and not distill:  # before any work: the labels must fit the loss
+        _check_labels(loss, model, x_train, y_train)
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"`output_dir` is a file, not a folder. Received: output_dir={str(out)!r}")
@@ -328,7 +333,6 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         feature_distill = default_feature_distill(kept)
 
     stage = time.perf_counter()
-    loss = _loss(model, loss, keras)
     targets = y_train
     if distill and finetune_epochs:
         from .distillation import distillation_loss, packed_targets
@@ -490,12 +494,50 @@ def _keras_accuracy(model, x, y):
 
 
 def _loss(model, loss, keras):
+    """The fine-tuning loss as a callable ``loss(y_true, y_pred)``: ``loss``, else the model's
+    compiled loss, else sparse categorical cross-entropy on its outputs. A name
+    (``"categorical_crossentropy"``, as ``model.compile`` takes it) is resolved, since the
+    feature hints call the loss themselves."""
     if loss is not None:
-        return loss
+        return _callable_loss("loss", loss, keras)
     compiled = getattr(model, "loss", None)
     if compiled is not None:
-        return compiled
+        return _callable_loss("model.loss", compiled, keras)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=not _outputs_probabilities(model))
+
+
+def _check_labels(loss, model, x, y):
+    """Raise a clear error if ``loss`` cannot compare labels ``y`` with ``model``'s outputs (two
+    samples tried), instead of failing at the first fine-tuning step after the search."""
+    outputs = model(x[:2], training=False)
+    try:
+        reason = None if np.all(np.isfinite(np.asarray(loss(y[:2], outputs)))) else "it is not finite"
+    except Exception as error:  # noqa: BLE001 - Keras and TensorFlow raise several types here
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    if reason:
+        name = getattr(loss, "name", None) or getattr(loss, "__name__", type(loss).__name__)
+        raise ValueError(
+            f"The fine-tuning loss {name!r} does not fit the labels of `train_data` (shape "
+            f"{tuple(np.shape(y))}, dtype {np.asarray(y).dtype}) and the model's outputs (shape "
+            f"(None, {', '.join(str(d) for d in tuple(outputs.shape)[1:])})): {reason}. Pass `loss=` "
+            "for these labels ('sparse_categorical_crossentropy' for class indices, "
+            "'categorical_crossentropy' for one-hot rows; the model's compiled loss is the default).")
+
+
+def _callable_loss(name, loss, keras):
+    if isinstance(loss, (list, tuple)) and len(loss) == 1:  # compile(loss=[...]) for one output
+        loss = loss[0]
+    resolved = loss
+    if isinstance(loss, (str, dict)):
+        try:
+            resolved = keras.losses.get(loss)
+        except ValueError:
+            resolved = None
+    if not callable(resolved):
+        raise ValueError(f"`{name}` must be a Keras loss for the model's one output: a callable "
+                         "loss(y_true, y_pred) or a name keras.losses.get knows. "
+                         f"Received: {name}={loss!r}")
+    return resolved
 
 
 def _outputs_probabilities(model):
