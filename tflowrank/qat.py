@@ -32,8 +32,10 @@ _RESCALE = ("Add", "Concatenate", "GlobalAveragePooling2D")
 _FUSABLE_INTO = ("weighted", "Add")
 _FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
 # activations TFLite runs as their own int8 op with a fixed output scale (SOFTMAX and LOGISTIC:
-# 1/256, zero point -128), whether a layer (Softmax, Activation) or a weighted layer's activation
-_FIXED_RANGE_ACTIVATIONS = {"softmax": (0.0, 255 / 256), "sigmoid": (0.0, 255 / 256)}
+# 1/256, zero point -128; TANH: 1/128, zero point 0), whether a layer (Softmax, Activation) or a
+# weighted layer's activation
+_FIXED_RANGE_ACTIVATIONS = {"softmax": (0.0, 255 / 256), "sigmoid": (0.0, 255 / 256),
+                            "tanh": (-1.0, 127 / 128)}
 
 
 def quantize_aware(model, float_fallback=False, ema_decay=0.99):
@@ -151,7 +153,7 @@ class _Builder:
         return name if name in _FUSED_ACTIVATIONS else None
 
     def _fixed_activation(self, layer):
-        """softmax / sigmoid for a layer applying one over the channels that TFLite runs as its own
+        """softmax / sigmoid / tanh for a layer applying one that TFLite runs as its own
         int8 op with a fixed output range (an Activation or Softmax layer, or a weighted layer's
         activation), else None."""
         name = type(layer).__name__
