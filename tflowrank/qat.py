@@ -184,7 +184,7 @@ class _Builder:
         if self._fn_name(layer.activation) is None and self._fixed_activation(layer) is None:
             return (f"activation {getattr(layer.activation, '__name__', layer.activation)!r} "
                     f"(only {', '.join(_FUSED_ACTIVATIONS)} fuse into an int8 {name}, and "
-                    f"{' and '.join(_FIXED_RANGE_ACTIVATIONS)} run after it)")
+                    f"{', '.join(_FIXED_RANGE_ACTIVATIONS)} run as their own op after it)")
         return None
 
     def check(self, model):

@@ -67,7 +67,8 @@ class ActivationQuantizer(keras.layers.Layer):
         ema_decay: weight of the old range in each update, in ``[0, 1)``.
         fixed_range: ``(low, high)`` with ``low <= 0 < high``: quantize with this range from
             the start and never track one, for tensors whose int8 scale TFLite fixes (the
-            output of SOFTMAX and LOGISTIC: ``(0, 255 / 256)``, scale 1/256, zero point -128).
+            output of SOFTMAX and LOGISTIC: ``(0, 255 / 256)``, scale 1/256, zero point -128;
+            of TANH: ``(-1, 127 / 128)``, scale 1/128, zero point 0).
     """
 
     def __init__(self, ema_decay=0.99, fixed_range=None, **kwargs):
