@@ -56,8 +56,9 @@ def write_bytes_atomic(path, data):
     return Path(path)
 
 
-def child_env():
-    """The caller's environment, with this copy of tflowrank first on a child process's import path."""
+def child_env(**defaults):
+    """The caller's environment, with this copy of tflowrank first on a child process's import
+    path, and ``defaults`` for the variables the caller does not set."""
     root = str(Path(__file__).resolve().parents[1])
     paths = [root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    return {**defaults, **os.environ, "PYTHONPATH": os.pathsep.join(paths)}

@@ -369,8 +369,7 @@ def _run_worker(jobs, folder, on_done=None):
             arrays[f"{index}_{position}"] = value
     np.savez(spec.with_suffix(".npz"), **arrays)
     spec.write_text(json.dumps([job for job, _ in jobs]))
-    env = child_env()
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env = child_env(TF_CPP_MIN_LOG_LEVEL="2")
     command = [sys.executable, "-m", "tflowrank.latency_table", str(spec)]
     log = spec.with_suffix(".log")
     with open(log, "w") as stderr:

@@ -269,16 +269,10 @@ def profile(
         for round_ in range(repeats):
             order = list(range(len(paths)))[:: -1 if round_ % 2 else 1]
             done = round_ * len(paths)
-            if isolated:
-                results = _round_in_child([paths[i] for i in order], options)
-                for position, (i, result) in enumerate(zip(order, results)):
-                    report(done + position + 1, total, paths[i], None)
-                    rounds[i].append(result)
-                    report(done + position + 1, total, paths[i], result)
-                continue
+            timed = iter(_round_in_child([paths[i] for i in order], options)) if isolated else None
             for position, i in enumerate(order):
                 report(done + position + 1, total, paths[i], None)
-                rounds[i].append(run(paths[i]))
+                rounds[i].append(next(timed) if isolated else run(paths[i]))
                 report(done + position + 1, total, paths[i], rounds[i][-1])
     return [_combine(r) for r in rounds]
 
@@ -333,7 +327,7 @@ def _round_in_child(paths, options):
         command = [sys.executable, "-m", "tflowrank.profiling", str(spec)]
         try:
             child = subprocess.run(command, capture_output=True, text=True, errors="replace",
-                                   env={"TF_CPP_MIN_LOG_LEVEL": "2", **child_env()},
+                                   env=child_env(TF_CPP_MIN_LOG_LEVEL="2"),
                                    timeout=options.timeout * len(paths))
         except subprocess.TimeoutExpired as error:
             raise ToolError(f"Timing {len(paths)} model(s) in a child process took more than "
