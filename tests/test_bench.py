@@ -205,3 +205,31 @@ def test_benchmarks_refuse_the_shipped_subset(monkeypatch, capsys):
     for call in (lambda: _common.fashion_mnist(4096, 1000), lambda: seeds.main(["--quick"])):
         with pytest.raises(SystemExit, match="the full Fashion-MNIST is not on this machine"):
             call()
+
+
+def test_stream_pipelines_read_every_sample_once_per_pass_from_disk(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import numpy as np
+    import stream
+
+    images = np.zeros((300, 4, 4), np.uint8)
+    images[:, 0, 0], images[:, 0, 1] = np.arange(300) % 256, np.arange(300) // 256  # its index
+    for name, count in (("train", 300), ("test", 200)):
+        np.save(tmp_path / f"x_{name}.npy", images[:count])
+        np.save(tmp_path / f"y_{name}.npy", np.arange(count) % 7)
+    train, test = stream._pipelines(tmp_path, seed=0)
+    assert int(train.cardinality()) == 3 and int(test.cardinality()) == 2  # batches of 128
+
+    def one_pass(dataset):
+        xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in dataset))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    first, second = one_pass(train), one_pass(train)
+    for x, y in (first, second):  # every sample once, scaled, its label beside it
+        assert x.shape == (300, 4, 4, 1) and x.dtype == np.float32
+        order = np.round(x[:, 0, 0, 0] * 255).astype(int) + 256 * np.round(x[:, 0, 1, 0] * 255).astype(int)
+        assert sorted(order.tolist()) == list(range(300)) and np.array_equal(y, order % 7)
+    assert not np.array_equal(first[1], second[1])  # a new order every pass
+    x, y = one_pass(test)
+    np.testing.assert_array_equal(x[..., 0], images[:200] / np.float32(255))
+    np.testing.assert_array_equal(y, np.arange(200) % 7)

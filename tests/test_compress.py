@@ -319,9 +319,10 @@ def test_the_quantization_aware_epoch_continues_the_cosine_schedule():
 
 
 def test_fine_tuning_steps_cover_each_epoch_once_and_the_quantization_aware_tail_continues():
-    from tflowrank.compression import _batches, _fit
+    from tflowrank.compress_data import permuted_batches
+    from tflowrank.compression import _fit
 
-    batches = _batches(10, 4, 2, np.random.default_rng(0))
+    batches = permuted_batches(10, 4, 2, np.random.default_rng(0))
     assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2]
     for epoch in (batches[:3], batches[3:]):  # each epoch: every sample exactly once
         assert sorted(np.concatenate(epoch).tolist()) == list(range(10))
@@ -334,9 +335,16 @@ def test_fine_tuning_steps_cover_each_epoch_once_and_the_quantization_aware_tail
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     schedule = (1e-2, len(batches), 3)
     # 5 float steps: one value for epoch 1 (3 steps), one for the 2 steps of epoch 2
-    history = _fit(model, x, y, batches[:5], 0, schedule, loss, keras)
+    read = []
+
+    def batch(i):
+        read.append(i)
+        return x[batches[i]], y[batches[i]]
+
+    history = _fit(model, batch, 0, 5, schedule, loss, keras)
     assert len(history["loss"]) == 2 and int(model.optimizer.iterations) == 5
-    tail = _fit(model, x, y, batches[5:], 5, schedule, loss, keras)
+    tail = _fit(model, batch, 5, 1, schedule, loss, keras)
+    assert sorted(set(read)) == list(range(6))  # every step read, none beyond the last
     assert len(tail["loss"]) == 1 and int(model.optimizer.iterations) == 1
     # after its one step the tail is at step 6 of 6, the decay's end (a restart: 0.0093)
     assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)
@@ -394,7 +402,7 @@ def test_labels_that_do_not_fit_the_loss_are_refused_before_any_work(data, tmp_p
     (x, y), (x_val, y_val) = data
     model = _softmax_model("categorical_crossentropy")  # one-hot rows expected, indices given
     with pytest.raises(ValueError, match=r"The fine-tuning loss 'categorical_crossentropy' does not "
-                                         r"fit the labels of `train_data` \(shape \(512,\), dtype "
+                                         r"fit the labels of `train_data` \(shape \(None,\), dtype "
                                          r"int64\) and the model's outputs \(shape \(None, 4\)\)"):
         compress(model, (x, y), (x_val, y_val), 0.5, output_dir=tmp_path / "out", log=None)
     with pytest.raises(ValueError, match=r"`loss` must be a Keras loss .* Received: loss='nonsense'"):

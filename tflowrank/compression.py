@@ -137,9 +137,14 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     Args:
         model: a trained, built Keras classifier (one input; logits or probabilities out). It is
             not modified.
-        train_data: ``(x, y)`` NumPy arrays: fine-tuning, batch-norm re-estimation, int8
-            calibration and the ``"output"`` method's calibration inputs.
-        val_data: ``(x, y)`` NumPy arrays: every accuracy in the result and the report.
+        train_data: ``(x, y)`` NumPy arrays, or a ``tf.data.Dataset`` of ``(x, y)`` (batched or
+            not; finite): fine-tuning, batch-norm re-estimation, int8 calibration and the
+            ``"output"`` method's calibration inputs. A dataset is read in passes and never held
+            whole: the search and calibration samples are the first of one pass, the fine-tuning
+            reads one pass per epoch in the dataset's own order and batches, as ``model.fit``
+            does (see ``tflowrank.compress_data``).
+        val_data: ``(x, y)`` NumPy arrays or a ``tf.data.Dataset`` of ``(x, y)``: every accuracy
+            in the result and the report.
         target: the fraction in (0, 1] of the original ``cost`` to keep.
         cost: ``"macs"``, ``"params"`` or ``"latency"`` (see ``tflowrank.search``).
         finetune_epochs: epochs of fine-tuning after factorization (0: none), the
@@ -161,16 +166,17 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         cache: the sensitivity table's JSON (default ``output_dir/sensitivity.json``): a second
             ``compress`` with another target reuses it.
         search_data, search_samples: the sensitivities are scored on the first
-            ``search_samples`` samples of ``search_data`` (``(x, y)``); default:
-            ``search_samples`` training samples drawn with ``seed`` (the validation data stays
-            unseen by every choice).
+            ``search_samples`` samples of ``search_data`` (``(x, y)`` or a dataset); default:
+            ``search_samples`` training samples drawn with ``seed`` (from a dataset: the first of
+            one pass; the validation data stays unseen by every choice).
         refit: after factorizing, refit each factorized layer's last factor by least squares to
             the input model's responses on the ``calibration_samples`` inputs, layer by layer
             (``tflowrank.refit.refit_last_factors``: each layer corrects the errors of those
             before it); on the Fashion-MNIST CNN it was worth +0.23 points after fine-tuning
             (the uniform 3x split, docs/benchmarks.md).
         batch_size, learning_rate: fine-tuning (Adam; one cosine decay of ``learning_rate`` to 0
-            over all the epochs, the quantization-aware one included). ``learning_rate`` None:
+            over all the epochs, the quantization-aware one included); a dataset's own batches
+            are used as they come, ``batch_size`` batches only unbatched elements. ``learning_rate`` None:
             by the depth of the cut (``default_learning_rate``): 2e-3 when the factorized model
             keeps more than a quarter of the input model's MACs, 4e-3 below.
         loss: the training loss, a callable ``loss(y_true, y_pred)`` or a name Keras knows;
@@ -210,6 +216,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         CompressionResult.
     """
     from ._backend import require_tensorflow
+    from .compress_data import as_data, is_dataset, keras_accuracy
+    from .compress_data import tflite_accuracy as tflite_accuracy_on
     from .plan import COSTS, CompressionPlan
     from .rank_search import _check_target
 
@@ -248,8 +256,6 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
                         f"Received: profile_options={profile_options!r}")
     if plan is not None and not isinstance(plan, CompressionPlan):
         raise TypeError(f"`plan` must be a CompressionPlan or None. Received: plan={plan!r}")
-    x_train, y_train = _arrays("train_data", train_data)
-    x_val, y_val = _arrays("val_data", val_data)
     log = log or (lambda line: None)
     first_applicable = methods is None
     methods = DEFAULT_METHODS if methods is None else methods
@@ -257,9 +263,17 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     from . import graph
 
     graph.check_model(model)
+    train = as_data("train_data", train_data, model, batch_size)
+    val = as_data("val_data", val_data, model, batch_size)
     loss = _loss(model, loss, keras)
+    rng = np.random.default_rng(seed)
+    if train.stream:  # one pass's first samples serve the label check, search and calibration
+        train_head = train.head(max(2, calibration_samples,
+                                    search_samples if search_data is None else 0))
+        if finetune_epochs:
+            log(f"train_data: {train.batches_per_pass()} batches per epoch")
     if finetune_epochs and not distill:  # before any work: the labels must fit the loss
-        _check_labels(loss, model, x_train, y_train)
+        _check_labels(loss, model, *(train_head if train.stream else train.head(2)))
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"`output_dir` is a file, not a folder. Received: output_dir={str(out)!r}")
@@ -272,23 +286,23 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     cache = out / "sensitivity.json" if cache is None else Path(cache)
 
     from .costs import cost as model_cost
-    from .evaluate import evaluate_tflite
     from .export import export_tflite
     from .factorization import factorize
     from .profiling import profile
     from .rank_search import search
 
     seconds, started = {}, time.perf_counter()
-    rng = np.random.default_rng(seed)
     if search_data is None:
-        pick = np.sort(rng.choice(len(x_train), min(search_samples, len(x_train)), replace=False))
-        search_data = (x_train[pick], y_train[pick])
-    calibration = x_train[np.sort(rng.choice(len(x_train), min(calibration_samples, len(x_train)),
-                                             replace=False))]
+        search_data = (tuple(a[:search_samples] for a in train_head) if train.stream
+                       else train.subset(search_samples, rng))
+    elif is_dataset(search_data):  # the samples search would read, kept for the frontier
+        search_data = as_data("search_data", search_data, model, batch_size).head(search_samples)
+    calibration = (train_head[0][:calibration_samples] if train.stream
+                   else train.subset(calibration_samples, rng)[0])
     baseline_cost = model_cost(model)
-    baseline_accuracy = _keras_accuracy(model, x_val, y_val)
+    baseline_accuracy = keras_accuracy(model, val)
     log(f"baseline: {baseline_cost.macs:,} MACs, {baseline_cost.params:,} params, "
-        f"top-1 {baseline_accuracy:.4f} on {len(x_val)} validation samples")
+        f"top-1 {baseline_accuracy:.4f} on {val.samples} validation samples")
 
     stage = time.perf_counter()
     search_args = dict(cost=cost, methods=methods, candidates=candidates, cache=cache,
@@ -320,9 +334,9 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         for row in refitted:
             log(f"refit {row.name}: response error {row.error_before:.3f} -> {row.error_after:.3f}"
                 + ("" if row.applied else f" (not applied: {row.reason})"))
-    _reestimate_batch_norm(compressed, x_train, batch_size, rng)
+    _reestimate_batch_norm(compressed, train.input_batches(_BN_BATCHES, batch_size, rng))
     seconds["factorize"] = time.perf_counter() - stage
-    after_factorize = _keras_accuracy(compressed, x_val, y_val)
+    after_factorize = keras_accuracy(compressed, val)
     compressed_cost = model_cost(compressed)
     log(f"factorized: {compressed_cost.macs:,} MACs ({compressed_cost.macs / baseline_cost.macs:.3f}), "
         f"{compressed_cost.params:,} params; top-1 before fine-tuning {after_factorize:.4f}")
@@ -333,21 +347,19 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         feature_distill = default_feature_distill(kept)
 
     stage = time.perf_counter()
-    targets = y_train
-    if distill and finetune_epochs:
+    fine, train_loss = train, loss
+    if distill and finetune_epochs:  # the input model's outputs packed with the labels
         from .distillation import distillation_loss, packed_targets
 
-        teacher = np.asarray(model.predict(x_train, batch_size=512, verbose=0))
         probabilities = _outputs_probabilities(model)
-        targets = packed_targets(y_train, teacher, probabilities)
+        fine = train.relabel(lambda x, y: packed_targets(
+            y, np.asarray(model.predict(x, batch_size=512, verbose=0)), probabilities))
         train_loss = distillation_loss(probabilities)
-    else:
-        train_loss = loss
-    per_epoch = -(-len(x_train) // batch_size)
-    batches = _batches(len(x_train), batch_size, finetune_epochs, rng)
-    qat_steps = min(len(batches), max(1, round(qat_epochs * per_epoch))) if qat else 0
-    float_steps = len(batches) - qat_steps
-    schedule = (learning_rate, len(batches), per_epoch)
+    per_epoch, batch = fine.steps(batch_size, finetune_epochs, rng) if finetune_epochs else (1, None)
+    total_steps = per_epoch * finetune_epochs
+    qat_steps = min(total_steps, max(1, round(qat_epochs * per_epoch))) if qat else 0
+    float_steps = total_steps - qat_steps
+    schedule = (learning_rate, total_steps, per_epoch)
     history = {}
     hinted = ()  # the layers matched to the input model's in the float steps
     if float_steps and feature_distill:
@@ -365,27 +377,26 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             from .feature_distillation import FeatureDistiller
 
             trained = FeatureDistiller(compressed, model, hinted, train_loss, feature_distill)
-        log(f"fine-tune: {float_steps / per_epoch:.3g} epoch(s) on {len(x_train)} samples, "
+        log(f"fine-tune: {float_steps / per_epoch:.3g} epoch(s) of {per_epoch} batches, "
             f"peak learning rate {learning_rate:g}"
             + (" (distilled from the input model)" if distill else "")
             + (f" (matching the input model's {', '.join(hinted)} x {feature_distill:g})"
                if hinted else ""))
-        history["float"] = _fit(trained, x_train, targets, batches[:float_steps], 0, schedule,
-                                train_loss, keras, accuracy=not hinted)
+        history["float"] = _fit(trained, batch, 0, float_steps, schedule, train_loss, keras,
+                                accuracy=not hinted)
     final = compressed
     if qat:
         from .qat import quantize_aware
 
         log(f"quantization-aware training: {qat_steps / per_epoch:.3g} epoch(s)")
         if float_steps:  # quantize_aware folds the moving statistics: make them the weights' own
-            _reestimate_batch_norm(compressed, x_train, batch_size, rng)
+            _reestimate_batch_norm(compressed, train.input_batches(_BN_BATCHES, batch_size, rng))
         final = quantize_aware(compressed)
-        history["qat"] = _fit(final, x_train, targets, batches[float_steps:], float_steps, schedule,
-                              train_loss, keras)
+        history["qat"] = _fit(final, batch, float_steps, qat_steps, schedule, train_loss, keras)
     if finetune_epochs:  # leave the model compiled with a plain loss (a serializable one)
         final.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
     seconds["fine-tune"] = time.perf_counter() - stage
-    keras_accuracy = _keras_accuracy(final, x_val, y_val)
+    final_accuracy = keras_accuracy(final, val)
 
     stage = time.perf_counter()
     from ._io import atomic_path
@@ -401,8 +412,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     log(f"export: {exported}")
 
     stage = time.perf_counter()
-    tflite_accuracy = evaluate_tflite(exported.path, x_val, y_val)
-    baseline_tflite_accuracy = evaluate_tflite(base_int8.path, x_val, y_val)
+    tflite_accuracy = tflite_accuracy_on(exported.path, val)
+    baseline_tflite_accuracy = tflite_accuracy_on(base_int8.path, val)
     seconds["evaluate"] = time.perf_counter() - stage
     stage = time.perf_counter()
     options = {"threads": 1, "warmup_runs": 5, **(profile_options or {})}
@@ -415,7 +426,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
 
     result = CompressionResult(
         plan=plan, model=final, export=exported, baseline_accuracy=baseline_accuracy,
-        keras_accuracy=keras_accuracy, tflite_accuracy=tflite_accuracy,
+        keras_accuracy=final_accuracy, tflite_accuracy=tflite_accuracy,
         baseline_tflite_accuracy=baseline_tflite_accuracy, profile=new_profile,
         baseline_profile=base_profile, macs=int(compressed_cost.macs),
         baseline_macs=int(baseline_cost.macs), params=int(compressed_cost.params),
@@ -431,7 +442,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
                      "first_applicable": first_applicable,
                      "candidates": candidates,
                      "multiple_of": multiple_of, "search_samples": min(search_samples, len(search_data[0])),
-                     "train_samples": len(x_train), "val_samples": len(x_val),
+                     "train_data": "tf.data.Dataset" if train.stream else "arrays",
+                     "train_samples": train.samples, "val_samples": val.samples,
                      "calibration_samples": len(calibration), "batch_size": batch_size,
                      "learning_rate": learning_rate, "seed": seed,
                      "profile": {k: str(v) for k, v in options.items()}},
@@ -470,28 +482,7 @@ def _check_int(name, value, minimum):
     return int(value)
 
 
-def _arrays(name, data):
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError(f"`{name}` must be a pair (x, y) of NumPy arrays. Received: {name} of type "
-                         f"{type(data).__name__}")
-    x, y = np.asarray(data[0]), np.asarray(data[1])
-    if len(x) == 0:
-        raise ValueError(f"`{name}` is empty: it holds no sample. Received: x with shape {x.shape}")
-    if len(x) != len(y):
-        raise ValueError(f"`{name}` holds {len(x)} inputs but {len(y)} labels. Received: x with "
-                         f"shape {x.shape}, y with shape {y.shape}")
-    return x.astype(np.float32), y
-
-
 # -- stages ----------------------------------------------------------------------------------------
-
-def _keras_accuracy(model, x, y):
-    outputs = np.asarray(model.predict(x, batch_size=512, verbose=0))
-    y = np.asarray(y)
-    labels = y.argmax(-1) if y.ndim == 2 and y.shape[-1] > 1 else y.reshape(len(y))
-    predicted = (outputs[:, 0] > 0.5).astype(int) if outputs.shape[-1] == 1 else outputs.argmax(-1)
-    return float(np.mean(predicted == labels))
-
 
 def _loss(model, loss, keras):
     """The fine-tuning loss as a callable ``loss(y_true, y_pred)``: ``loss``, else the model's
@@ -518,10 +509,15 @@ def _check_labels(loss, model, x, y):
         name = getattr(loss, "name", None) or getattr(loss, "__name__", type(loss).__name__)
         raise ValueError(
             f"The fine-tuning loss {name!r} does not fit the labels of `train_data` (shape "
-            f"{tuple(np.shape(y))}, dtype {np.asarray(y).dtype}) and the model's outputs (shape "
-            f"(None, {', '.join(str(d) for d in tuple(outputs.shape)[1:])})): {reason}. Pass `loss=` "
+            f"{_batch_shape(np.shape(y))}, dtype {np.asarray(y).dtype}) and the model's outputs "
+            f"(shape {_batch_shape(outputs.shape)}): {reason}. Pass `loss=` "
             "for these labels ('sparse_categorical_crossentropy' for class indices, "
             "'categorical_crossentropy' for one-hot rows; the model's compiled loss is the default).")
+
+
+def _batch_shape(shape):
+    """``(None, ...)``: a shape with its batch dimension left open."""
+    return "(" + ", ".join(["None", *(str(d) for d in tuple(shape)[1:])]) + (",)" if len(shape) == 1 else ")")
 
 
 def _callable_loss(name, loss, keras):
@@ -547,47 +543,37 @@ def _outputs_probabilities(model):
     return getattr(activation, "__name__", "") == "softmax" or type(last).__name__ == "Softmax"
 
 
-def _batches(n, batch_size, epochs, rng):
-    """The sample indices of every fine-tuning step, in order: each epoch a new permutation of
-    the ``n`` samples cut into batches of ``batch_size`` (the last one of an epoch may be
-    smaller)."""
-    steps = []
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        steps += [np.sort(order[i:i + batch_size]) for i in range(0, n, batch_size)]
-    return steps
-
-
-def _fit(model, x, y, batches, offset, schedule, loss, keras, accuracy=True):
-    """Train ``model`` on ``batches`` (sample indices per step), the steps ``offset`` onwards of
-    one cosine decay of the learning rate over the whole fine-tuning (``schedule``: learning rate,
-    total steps, steps per epoch), so the quantization-aware steps (a new model and optimizer)
-    continue the float steps' schedule instead of restarting it. The history has one value per
-    stretch of the steps within one epoch."""
+def _fit(model, batch, start, count, schedule, loss, keras, accuracy=True):
+    """Train ``model`` on the fine-tuning's steps ``start`` to ``start + count`` (``batch(i)``:
+    step ``i``'s ``(x, y)``), the same steps of one cosine decay of the learning rate over the
+    whole fine-tuning (``schedule``: learning rate, total steps, steps per epoch), so the
+    quantization-aware steps (a new model and optimizer) continue the float steps' schedule
+    instead of restarting it. The history has one value per stretch of the steps within one
+    epoch."""
     learning_rate, total, per_epoch = schedule
     distilled = getattr(loss, "__name__", "") == "distillation"  # packed targets: no accuracy
-    model.compile(optimizer=keras.optimizers.Adam(_shifted_cosine(keras, learning_rate, total, offset)),
+    model.compile(optimizer=keras.optimizers.Adam(_shifted_cosine(keras, learning_rate, total, start)),
                   loss=loss, metrics=["accuracy"] if accuracy and not distilled else [])
 
     class Steps(keras.utils.PyDataset):
-        def __init__(self, steps):
+        def __init__(self, first, length):
             super().__init__()
-            self.steps = steps
+            self.first, self.length = first, length
 
         def __len__(self):
-            return len(self.steps)
+            return self.length
 
         def __getitem__(self, i):
-            return x[self.steps[i]], y[self.steps[i]]
+            return batch(self.first + i)
 
     history = {}
-    start = 0
-    while start < len(batches):  # cut at the epochs' ends
-        stop = min(len(batches), (offset + start) // per_epoch * per_epoch + per_epoch - offset)
-        run = model.fit(Steps(batches[start:stop]), epochs=1, verbose=0, shuffle=False)
+    step, end = start, start + count
+    while step < end:  # cut at the epochs' ends
+        stop = min(end, step // per_epoch * per_epoch + per_epoch)
+        run = model.fit(Steps(step, stop - step), epochs=1, verbose=0, shuffle=False)
         for key, values in run.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
-        start = stop
+        step = stop
     return history
 
 
@@ -607,11 +593,12 @@ def _shifted_cosine(keras, learning_rate, total_steps, offset):
     return ShiftedCosine()
 
 
-def _reestimate_batch_norm(model, x, batch_size, rng):
-    """Replace every BatchNormalization's moving statistics by their average over a few batches
-    of training inputs seen through the factorized model (a factorized layer's outputs differ
-    from the original's, and the statistics after it were the original's). The forward passes
-    run in training mode, as a fine-tuning step would, without any gradient step."""
+def _reestimate_batch_norm(model, batches):
+    """Replace every BatchNormalization's moving statistics by their average over ``batches``
+    (an iterable of training inputs, read only if the model has one) seen through the factorized
+    model (a factorized layer's outputs differ from the original's, and the statistics after it
+    were the original's). The forward passes run in training mode, as a fine-tuning step would,
+    without any gradient step."""
     import keras
 
     from .graph import layer_calls
@@ -621,12 +608,11 @@ def _reestimate_batch_norm(model, x, batch_size, rng):
     if not norms:
         return
     saved = [layer.momentum for layer in norms]
-    order = rng.permutation(len(x))
     try:
-        for step in range(min(_BN_BATCHES, -(-len(x) // batch_size))):
+        for step, x in enumerate(batches):
             for layer in norms:  # a running average: batch i weighs 1/(i+1)
                 layer.momentum = step / (step + 1)
-            model(x[np.sort(order[step * batch_size:(step + 1) * batch_size])], training=True)
+            model(x, training=True)
     finally:
         for layer, momentum in zip(norms, saved):
             layer.momentum = momentum
