@@ -156,3 +156,44 @@ def test_batches_when_the_model_can_be_resized(trained, data, float_model, monke
         assert calls.count(64) == 6  # the check batch, then 300 samples in 5 padded batches
     else:
         assert set(calls) == {1} and len(calls) == len(x_test)
+
+
+@pytest.mark.slow
+def test_a_dataset_is_scored_batch_by_batch_with_one_interpreter(trained, data, int8_model, monkeypatch):
+    import ai_edge_litert.interpreter as litert
+    import tensorflow as tf
+
+    _, _, x_test, y_test = data
+    expected = evaluate_tflite(int8_model, x_test, y_test)
+    made = []
+
+    class CountingInterpreter(litert.Interpreter):
+        def __init__(self, *args, **kwargs):
+            made.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(litert, "Interpreter", CountingInterpreter)
+    batched = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(50)  # uint8, no channel
+    assert evaluate_tflite(int8_model, batched, batch_size=64) == expected
+    assert len(made) <= 3  # one, then the resized one and its check: not one per batch
+    samples = tf.data.Dataset.from_tensor_slices((x_test[..., None].astype("float32"), np.eye(4)[y_test]))
+    assert evaluate_tflite(int8_model, samples) == expected  # single samples, one-hot labels
+    assert evaluate_tflite(int8_model, tf.data.Dataset.from_tensor_slices((x_test, y_test))) == expected
+
+
+@pytest.mark.slow
+def test_bad_datasets_are_named(any_model):
+    import tensorflow as tf
+
+    x, y = np.zeros((4, 8, 8, 1), "float32"), np.zeros(4)
+    pairs = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
+    with pytest.raises(ValueError, match=r"`y` must be None when `x` is a tf.data.Dataset of \(x, y\) "
+                                         r"pairs\. Received: y of type ndarray"):
+        evaluate_tflite(any_model, pairs, y)
+    with pytest.raises(ValueError, match=r"`x` must be a tf.data.Dataset of \(x, y\) pairs\. Received: "
+                                         r"a tf.data.Dataset with element_spec"):
+        evaluate_tflite(any_model, tf.data.Dataset.from_tensor_slices(x))
+    with pytest.raises(ValueError, match=r"`x` is empty: the dataset yielded no element"):
+        evaluate_tflite(any_model, pairs.take(0))
+    with pytest.raises(ValueError, match=r"`y` is needed with `x` as an array.* Received: y=None"):
+        evaluate_tflite(any_model, x)

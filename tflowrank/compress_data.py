@@ -53,23 +53,18 @@ def _predicted(outputs):
 def keras_accuracy(model, data):
     """Top-1 of ``model`` on ``data`` (Arrays or Stream): one output above 0.5, else the argmax."""
     correct = total = 0
-    for x, y in data.chunks():
-        correct += int(np.sum(_predicted(model.predict(x, batch_size=512, verbose=0)) == _labels(y)))
+    for x, y in data.chunks():  # arrays: one chunk; a stream: its batches, each one step
+        outputs = model.predict_on_batch(x) if data.stream else model.predict(x, batch_size=512, verbose=0)
+        correct += int(np.sum(_predicted(outputs) == _labels(y)))
         total += len(x)
     return correct / total
 
 
 def tflite_accuracy(path, data):
     """Top-1 of the .tflite classifier at ``path`` on ``data`` (``tflowrank.evaluate_tflite``)."""
-    from .evaluate import evaluate_tflite, predict_tflite
+    from .evaluate import evaluate_tflite
 
-    if not data.stream:
-        return evaluate_tflite(path, data.x, data.y)
-    correct = total = 0
-    for x, y in data.chunks():
-        correct += int(np.sum(predict_tflite(path, x).reshape(len(x), -1).argmax(-1) == _labels(y)))
-        total += len(x)
-    return correct / total
+    return evaluate_tflite(path, data.dataset) if data.stream else evaluate_tflite(path, data.x, data.y)
 
 
 class Arrays:

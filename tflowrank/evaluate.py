@@ -7,7 +7,7 @@ from ._io import input_path
 __all__ = ["evaluate_tflite", "predict_tflite"]
 
 
-def evaluate_tflite(path, x, y, batch_size=256):
+def evaluate_tflite(path, x, y=None, batch_size=256):
     """Return the top-1 accuracy of the .tflite classifier at ``path`` on ``(x, y)``.
 
     ``x`` is passed as the model expects it (no rescaling); it is cast to float32 and quantized
@@ -15,22 +15,59 @@ def evaluate_tflite(path, x, y, batch_size=256):
     trailing channel axis of a one-channel input, it is added. ``y`` holds int labels ``(N,)`` or
     one-hot rows ``(N, C)``. Batches of ``batch_size`` are used when the model can be resized to
     them; otherwise samples run one by one.
+
+    ``x`` may instead be a ``tf.data.Dataset`` of ``(x, y)`` pairs, batched or not (unbatched
+    ones are batched by ``batch_size``), with ``y`` None: it is read once, batch by batch, with
+    one interpreter, so a validation set larger than memory can be scored.
     """
+    from .compress_data import is_dataset
+
+    if is_dataset(x):
+        if y is not None:
+            raise ValueError("`y` must be None when `x` is a tf.data.Dataset of (x, y) pairs. "
+                             f"Received: y of type {type(y).__name__}")
+        return _evaluate_dataset(path, x, batch_size)
+    if y is None:
+        raise ValueError("`y` is needed with `x` as an array: the labels (N,) or one-hot rows "
+                         "(N, C). Received: y=None")
     x, y = np.asarray(x), np.asarray(y)
     if len(x) != len(y):
         raise ValueError(
             f"`x` and `y` must have the same length. Received: len(x)={len(x)}, len(y)={len(y)}"
         )
-    if y.ndim == 1:
-        labels = y.astype(np.int64)
-    elif y.ndim == 2:
-        labels = y.argmax(axis=1)
-    else:
-        raise ValueError(
-            f"`y` must be int labels (N,) or one-hot (N, C). Received: y.shape={y.shape}"
-        )
+    labels = _labels(y)
     scores = predict_tflite(path, x, batch_size=batch_size)
     return float(np.mean(scores.reshape(len(x), -1).argmax(axis=1) == labels))
+
+
+def _labels(y):
+    if y.ndim == 1:
+        return y.astype(np.int64)
+    if y.ndim == 2:
+        return y.argmax(axis=1)
+    raise ValueError(f"`y` must be int labels (N,) or one-hot (N, C). Received: y.shape={y.shape}")
+
+
+def _evaluate_dataset(path, dataset, batch_size):
+    spec = dataset.element_spec
+    if not isinstance(spec, (tuple, list)) or len(spec) != 2:
+        raise ValueError("`x` must be a tf.data.Dataset of (x, y) pairs. Received: a "
+                         f"tf.data.Dataset with element_spec {spec}")
+    predict = _Predictor(path, batch_size)
+    if predict.is_sample(tuple(spec[0].shape)):
+        dataset = dataset.batch(batch_size)
+    correct = total = 0
+    for bx, by in dataset:
+        bx, by = np.asarray(bx), np.asarray(by)
+        if len(bx) != len(by):
+            raise ValueError(f"A batch of `x` holds {len(bx)} inputs but {len(by)} labels. "
+                             f"Received: x with shape {bx.shape}, y with shape {by.shape}")
+        scores = predict(bx)
+        correct += int(np.sum(scores.reshape(len(bx), -1).argmax(axis=1) == _labels(by)))
+        total += len(bx)
+    if not total:
+        raise ValueError("`x` is empty: the dataset yielded no element. Received: an empty tf.data.Dataset")
+    return correct / total
 
 
 def predict_tflite(path, x, batch_size=256):
@@ -39,40 +76,64 @@ def predict_tflite(path, x, batch_size=256):
     Inputs are quantized and outputs dequantized with the model's scales when they are integer;
     ``x`` is handled as in ``evaluate_tflite``.
     """
-    from ai_edge_litert.interpreter import Interpreter
-
-    path = input_path(path, "path")
-    is_int = isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
-    if not is_int or batch_size < 1:
-        raise ValueError(
-            f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
-        )
+    predict = _Predictor(path, batch_size)
     x = np.asarray(x)
     if len(x) == 0:
         raise ValueError("`x` is empty. Received: len(x)=0")
+    return predict(x)
 
-    interpreter = Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
-    details = interpreter.get_input_details()
-    if len(details) != 1:
-        raise ValueError(
-            f"Only single-input models can be evaluated yet. Received: path={str(path)!r} "
-            f"with {len(details)} inputs"
-        )
-    sample_shape = tuple(int(d) for d in details[0]["shape"][1:])
-    if x.shape[1:] == sample_shape[:-1] and sample_shape[-1:] == (1,):
-        x = x[..., None]  # (N, H, W) for a (1, H, W, 1) input
-    if x.shape[1:] != sample_shape:
-        raise ValueError(
-            f"`x` does not match the model input. Received: x.shape={x.shape}; "
-            f"expected (N, {', '.join(map(str, sample_shape))})"
-        )
 
-    batch = min(int(batch_size), len(x))
-    predict = _batched(path, Interpreter, x, batch) if batch > 1 else None
-    predict = predict or _Runner(interpreter, 1)
-    step = predict.batch
-    return np.concatenate([predict(x[i : i + step]) for i in range(0, len(x), step)])
+class _Predictor:
+    """The outputs of the single-input model at ``path`` for any number of inputs, with one
+    interpreter, resized at the first call to ``batch_size`` samples (or fewer, as many as that
+    call has) when the model allows."""
+
+    def __init__(self, path, batch_size):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = input_path(path, "path")
+        is_int = isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
+        if not is_int or batch_size < 1:
+            raise ValueError(
+                f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
+            )
+        self.batch_size, self.interpreter_class = int(batch_size), Interpreter
+        self.interpreter = Interpreter(model_path=str(self.path))
+        self.interpreter.allocate_tensors()
+        details = self.interpreter.get_input_details()
+        if len(details) != 1:
+            raise ValueError(
+                f"Only single-input models can be evaluated yet. Received: path={str(self.path)!r} "
+                f"with {len(details)} inputs"
+            )
+        self.sample_shape = tuple(int(d) for d in details[0]["shape"][1:])
+        self.runner = None
+
+    def is_sample(self, shape):
+        """Whether ``shape`` is one input's (with or without the channel axis of a one-channel
+        input) rather than a batch's."""
+        shapes = [self.sample_shape] + ([self.sample_shape[:-1]] if self.sample_shape[-1:] == (1,) else [])
+        return any(len(shape) == len(s) and all(a in (None, b) for a, b in zip(shape, s)) for s in shapes)
+
+    def _shaped(self, x):
+        sample_shape = self.sample_shape
+        if x.shape[1:] == sample_shape[:-1] and sample_shape[-1:] == (1,):
+            x = x[..., None]  # (N, H, W) for a (1, H, W, 1) input
+        if x.shape[1:] != sample_shape:
+            raise ValueError(
+                f"`x` does not match the model input. Received: x.shape={x.shape}; "
+                f"expected (N, {', '.join(map(str, sample_shape))})"
+            )
+        return x
+
+    def __call__(self, x):
+        x = self._shaped(x)
+        if self.runner is None:
+            batch = min(self.batch_size, len(x))
+            runner = _batched(self.path, self.interpreter_class, x, batch) if batch > 1 else None
+            self.runner = runner or _Runner(self.interpreter, 1)
+        step = self.runner.batch
+        return np.concatenate([self.runner(x[i : i + step]) for i in range(0, len(x), step)])
 
 
 class _Runner:
