@@ -176,3 +176,14 @@ def test_compress_streams_its_training_and_validation_data(model, arrays, tmp_pa
     assert result.tflite_accuracy == evaluate_tflite(result.export.path, x_val, y_val)
     assert result.keras_accuracy == keras_accuracy(result.model, Arrays("val_data", x_val, y_val))
     assert 0 < result.macs <= 0.5 * result.baseline_macs * 1.05
+
+
+def test_a_dataset_sorted_by_class_is_warned_about(model, arrays, tmp_path):
+    x, y = arrays
+    order = np.argsort(y, kind="stable")
+    ordered = tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(32)
+    with pytest.warns(UserWarning, match=r"The first 48 samples of `train_data` all have the label 0: "
+                                         r"the search and the int8 calibration use them\. Shuffle"):
+        compress(model, ordered, (x, y), 0.5, finetune_epochs=0, qat=False, candidates=2,
+                 search_samples=48, calibration_samples=16, profile_runs=2, profile_repeats=1,
+                 output_dir=tmp_path / "out", log=None, progress=False)

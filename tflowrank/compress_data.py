@@ -183,7 +183,7 @@ class Stream:
         for step, (x, y) in enumerate(self.dataset):
             if limit is not None and step >= limit:
                 return
-            x, y = np.asarray(x, dtype=np.float32), np.asarray(y)
+            x, y = x.numpy().astype(np.float32, copy=False), y.numpy()
             seen += len(x)
             yield x, (y if self.targets is None else self.targets(x, y))
         if not seen:

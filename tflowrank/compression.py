@@ -272,6 +272,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
                                     search_samples if search_data is None else 0))
         if finetune_epochs:
             log(f"train_data: {train.batches_per_pass()} batches per epoch")
+        _warn_if_one_class(train_head[1])
     if finetune_epochs and not distill:  # before any work: the labels must fit the loss
         _check_labels(loss, model, *(train_head if train.stream else train.head(2)))
     out = Path(output_dir)
@@ -513,6 +514,20 @@ def _check_labels(loss, model, x, y):
             f"(shape {_batch_shape(outputs.shape)}): {reason}. Pass `loss=` "
             "for these labels ('sparse_categorical_crossentropy' for class indices, "
             "'categorical_crossentropy' for one-hot rows; the model's compiled loss is the default).")
+
+
+def _warn_if_one_class(labels):
+    """Warn when the first samples of a dataset all have one label: the search and calibration
+    samples are those, and a dataset sorted by class makes them all of one class."""
+    import warnings
+
+    labels = np.asarray(labels)
+    classes = labels.argmax(-1) if labels.ndim == 2 and labels.shape[-1] > 1 else labels.reshape(len(labels))
+    if len(classes) > 1 and len(np.unique(classes)) == 1:
+        warnings.warn(f"The first {len(classes)} samples of `train_data` all have the label {classes[0].item()!r}: "
+                      "the search and the int8 calibration use them. Shuffle the dataset (e.g. "
+                      "`.shuffle(10_000)` before `.batch()`) so that they represent every class.",
+                      stacklevel=3)
 
 
 def _batch_shape(shape):

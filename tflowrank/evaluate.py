@@ -58,7 +58,7 @@ def _evaluate_dataset(path, dataset, batch_size):
         dataset = dataset.batch(batch_size)
     correct = total = 0
     for bx, by in dataset:
-        bx, by = np.asarray(bx), np.asarray(by)
+        bx, by = bx.numpy(), by.numpy()
         if len(bx) != len(by):
             raise ValueError(f"A batch of `x` holds {len(bx)} inputs but {len(by)} labels. "
                              f"Received: x with shape {bx.shape}, y with shape {by.shape}")
