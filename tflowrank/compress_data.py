@@ -40,22 +40,14 @@ def as_data(name, data, model, batch_size):
     return Arrays(name, *data)
 
 
-def _labels(y):
-    y = np.asarray(y)
-    return y.argmax(-1) if y.ndim == 2 and y.shape[-1] > 1 else y.reshape(len(y))
-
-
-def _predicted(outputs):
-    outputs = np.asarray(outputs)
-    return (outputs[:, 0] > 0.5).astype(int) if outputs.shape[-1] == 1 else outputs.argmax(-1)
-
-
 def keras_accuracy(model, data):
     """Top-1 of ``model`` on ``data`` (Arrays or Stream): one output above 0.5, else the argmax."""
+    from .evaluate import class_labels, predicted_classes
+
     correct = total = 0
     for x, y in data.chunks():  # arrays: one chunk; a stream: its batches, each one step
         outputs = model.predict_on_batch(x) if data.stream else model.predict(x, batch_size=512, verbose=0)
-        correct += int(np.sum(_predicted(outputs) == _labels(y)))
+        correct += int(np.sum(predicted_classes(outputs) == class_labels(y)))
         total += len(x)
     return correct / total
 

@@ -126,7 +126,8 @@ class CompressionResult:
 
 
 def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2, qat=True,
-             export="model_int8.tflite", *, qat_epochs=QAT_EPOCHS, output_dir="tflowrank-compress",
+             export="model_int8.tflite", *, qat_epochs=QAT_EPOCHS, qat_float_fallback=False,
+             output_dir="tflowrank-compress",
              methods=None,
              candidates=10, multiple_of=1, cache=None, search_data=None, search_samples=1000,
              calibration_samples=500, refit=True, batch_size=128, learning_rate=None, loss=None,
@@ -155,6 +156,11 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         qat_epochs: how much of the fine-tuning, at its end, is quantization-aware, in epochs
             (a number in ``(0, finetune_epochs]``; at least one step); the rest is float. See
             ``QAT_EPOCHS`` for the default.
+        qat_float_fallback: layers ``quantize_aware`` does not cover (a ``Rescaling``, a grouped
+            convolution, a swish activation, ...; see docs/qat.md): False (the default) refuses
+            the model before any work, naming them; True, or a list of layer names, keeps them
+            in float during the quantization-aware steps (``quantize_aware(float_fallback=...)``;
+            the int8 export then needs TFLite int8 kernels for them).
         export: the int8 .tflite file; a relative path is inside ``output_dir``.
         output_dir: the report folder (created if missing): ``report.md``, ``report.json``,
             ``plan.json``, ``sensitivity.json``, ``compressed.keras``, the baseline's int8 and
@@ -227,6 +233,13 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     finetune_epochs = _check_int("finetune_epochs", finetune_epochs, 0)
     if not isinstance(qat, bool):
         raise TypeError(f"`qat` must be True or False. Received: qat={qat!r}")
+    if not isinstance(qat_float_fallback, bool) and (
+            isinstance(qat_float_fallback, str) or not isinstance(qat_float_fallback, (list, tuple))
+            or not all(isinstance(n, str) for n in qat_float_fallback)):
+        raise TypeError("`qat_float_fallback` must be True, False or a list of layer names. "
+                        f"Received: qat_float_fallback={qat_float_fallback!r}")
+    if not isinstance(qat_float_fallback, bool):
+        qat_float_fallback = list(qat_float_fallback)
     for name, value in (("distill", distill), ("refit", refit)):
         if not isinstance(value, bool):
             raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
@@ -263,9 +276,13 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     from . import graph
 
     graph.check_model(model)
+    _check_classifier(model)
+    if qat:
+        _check_quantize_aware(model, qat_float_fallback)
     train = as_data("train_data", train_data, model, batch_size)
     val = as_data("val_data", val_data, model, batch_size)
     loss = _loss(model, loss, keras)
+    fit_loss = _rank_matched(loss, keras)  # as model.compile wraps a loss function
     rng = np.random.default_rng(seed)
     if train.stream:  # one pass's first samples serve the label check, search and calibration
         train_head = train.head(max(2, calibration_samples,
@@ -274,7 +291,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             log(f"train_data: {train.batches_per_pass()} batches per epoch")
         _warn_if_one_class(train_head[1])
     if finetune_epochs and not distill:  # before any work: the labels must fit the loss
-        _check_labels(loss, model, *(train_head if train.stream else train.head(2)))
+        _check_labels(fit_loss, model, *(train_head if train.stream else train.head(2)))
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"`output_dir` is a file, not a folder. Received: output_dir={str(out)!r}")
@@ -300,6 +317,9 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         search_data = as_data("search_data", search_data, model, batch_size).head(search_samples)
     calibration = (train_head[0][:calibration_samples] if train.stream
                    else train.subset(calibration_samples, rng)[0])
+    stage = time.perf_counter()
+    base_int8 = _baseline_int8(model, out, calibration)  # before any work: it must convert
+    export_seconds = time.perf_counter() - stage
     baseline_cost = model_cost(model)
     baseline_accuracy = keras_accuracy(model, val)
     log(f"baseline: {baseline_cost.macs:,} MACs, {baseline_cost.params:,} params, "
@@ -348,7 +368,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         feature_distill = default_feature_distill(kept)
 
     stage = time.perf_counter()
-    fine, train_loss = train, loss
+    fine, train_loss = train, fit_loss
     if distill and finetune_epochs:  # the input model's outputs packed with the labels
         from .distillation import distillation_loss, packed_targets
 
@@ -392,7 +412,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         log(f"quantization-aware training: {qat_steps / per_epoch:.3g} epoch(s)")
         if float_steps:  # quantize_aware folds the moving statistics: make them the weights' own
             _reestimate_batch_norm(compressed, train.input_batches(_BN_BATCHES, batch_size, rng))
-        final = quantize_aware(compressed)
+        final = quantize_aware(compressed, float_fallback=qat_float_fallback)
         history["qat"] = _fit(final, batch, float_steps, qat_steps, schedule, train_loss, keras)
     if finetune_epochs:  # leave the model compiled with a plain loss (a serializable one)
         final.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
@@ -406,10 +426,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         final.save(tmp)
     exported = export_tflite(final, export_path, quantize="int8",
                              representative_data=None if qat else calibration)
-    base_int8 = export_tflite(model, out / "baseline_int8.tflite", quantize="int8",
-                              representative_data=calibration)
     base_float = export_tflite(model, out / "baseline_float32.tflite", quantize=None)
-    seconds["export"] = time.perf_counter() - stage
+    seconds["export"] = time.perf_counter() - stage + export_seconds
     log(f"export: {exported}")
 
     stage = time.perf_counter()
@@ -437,6 +455,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
 
     details = {
         "settings": {"target": target, "cost": cost, "finetune_epochs": finetune_epochs, "qat": qat,
+                     "qat_float_fallback": qat_float_fallback if qat else None,
                      "qat_epochs": qat_epochs if qat else None,
                      "distill": distill, "feature_distill": feature_distill, "refit": refit,
                      "methods": [methods] if isinstance(methods, str) else list(methods),
@@ -472,6 +491,60 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
 
 
 # -- arguments -------------------------------------------------------------------------------------
+
+def _baseline_int8(model, out, calibration):
+    """The input model's post-training int8 file; a model that does not convert to a fully int8
+    file is refused here, before the search (its compressed form would not convert either)."""
+    from .errors import ConversionError
+    from .export import export_tflite
+
+    try:
+        return export_tflite(model, out / "baseline_int8.tflite", quantize="int8",
+                             representative_data=calibration)
+    except ConversionError as error:
+        raise ConversionError(
+            f"The input model {model.name!r} does not convert to a fully int8 TFLite file, so its "
+            "compressed form would not either (checked before the search): the converter left "
+            f"{', '.join(error.ops) or 'some ops'} in float, without an int8 kernel. Replace the "
+            "layers that make them (e.g. LayerNormalization makes NEG) with ones that have int8 "
+            "kernels.", error.ops) from error
+
+
+def _check_quantize_aware(model, float_fallback):
+    """Refuse, before any work, a model whose layers the quantization-aware steps cannot cover
+    (the factorized model has the same ones: factorizing keeps every other layer)."""
+    from .qat import unsupported_layers
+
+    unsupported = unsupported_layers(model, float_fallback=float_fallback)
+    if unsupported:
+        raise ValueError(
+            "qat=True trains the end of the fine-tuning with int8 fake quantization, which does not "
+            "cover these layers: " + "; ".join(unsupported.values()) + ". Pass "
+            "qat_float_fallback=True (or a list of their names) to keep them in float there, or "
+            "qat=False for post-training int8 calibration instead (docs/qat.md). "
+            f"Received: model={model.name!r}")
+
+
+def _check_classifier(model):
+    """Raise a clear error unless ``model`` has one float input of a fixed size and one output:
+    what the search scores, the fine-tuning trains and the int8 file runs."""
+    from .rank_search import check_static_inputs
+
+    for what, tensors in (("inputs", model.inputs), ("outputs", model.outputs)):
+        if len(tensors) != 1:
+            raise ValueError(
+                f"`model` ({model.name!r}) has {len(tensors)} {what} "
+                f"({', '.join(getattr(t, 'name', '?') for t in tensors)}): compress takes a classifier "
+                f"with one input and one output. For one head of several: keras.Model(model.inputs, "
+                "model.outputs[i]).")
+    dtype = str(model.inputs[0].dtype)
+    if not dtype.startswith(("float", "bfloat")):
+        raise ValueError(
+            f"`model` ({model.name!r}) takes {dtype} inputs: compress needs float inputs (the int8 "
+            "file quantizes them itself, and a cast has no int8 kernel). Build it on "
+            "keras.Input(shape, dtype='float32') and pass the data as float32.")
+    check_static_inputs(model)
+
 
 def _finite(value):
     return None if value is None or math.isnan(value) else float(value)
@@ -521,18 +594,40 @@ def _warn_if_one_class(labels):
     samples are those, and a dataset sorted by class makes them all of one class."""
     import warnings
 
-    labels = np.asarray(labels)
-    classes = labels.argmax(-1) if labels.ndim == 2 and labels.shape[-1] > 1 else labels.reshape(len(labels))
+    from .evaluate import class_labels
+
+    classes = class_labels(labels)
     if len(classes) > 1 and len(np.unique(classes)) == 1:
-        warnings.warn(f"The first {len(classes)} samples of `train_data` all have the label {classes[0].item()!r}: "
-                      "the search and the int8 calibration use them. Shuffle the dataset (e.g. "
-                      "`.shuffle(10_000)` before `.batch()`) so that they represent every class.",
+        warnings.warn(f"The first {len(classes)} samples of `train_data` all have the label "
+                      f"{classes[0].item()!r}: the search and the int8 calibration use them. Shuffle "
+                      "the dataset (e.g. `.shuffle(10_000)` before `.batch()`) so that they "
+                      "represent every class.",
                       stacklevel=3)
 
 
 def _batch_shape(shape):
     """``(None, ...)``: a shape with its batch dimension left open."""
     return "(" + ", ".join(["None", *(str(d) for d in tuple(shape)[1:])]) + (",)" if len(shape) == 1 else ")")
+
+
+def _rank_matched(loss, keras):
+    """``loss`` as a ``keras.losses.Loss``: a plain function ``f(y_true, y_pred)`` is wrapped so
+    that labels one axis short of one-column outputs (``(N,)`` against ``(N, 1)``, a sigmoid
+    head's) or one axis longer get that axis, as ``model.compile`` does for a loss function
+    (the feature hints and the label check call the loss themselves)."""
+    if isinstance(loss, keras.losses.Loss):
+        return loss
+    ops = keras.ops
+
+    class RankMatched(keras.losses.Loss):
+        def call(self, y_true, y_pred):
+            if len(y_true.shape) == len(y_pred.shape) - 1 and y_pred.shape[-1] == 1:
+                y_true = ops.expand_dims(y_true, -1)
+            elif len(y_true.shape) == len(y_pred.shape) + 1 and y_true.shape[-1] == 1:
+                y_true = ops.squeeze(y_true, -1)
+            return loss(y_true, y_pred)
+
+    return RankMatched(name=getattr(loss, "__name__", type(loss).__name__))
 
 
 def _callable_loss(name, loss, keras):

@@ -7,14 +7,33 @@ from ._io import input_path
 __all__ = ["evaluate_tflite", "predict_tflite"]
 
 
+def class_labels(y):
+    """Class indices of labels: integer labels ``(N,)`` or ``(N, 1)`` (0 / 1 for a one-output
+    model) as they are, one-hot rows ``(N, C)`` by their argmax."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[-1] > 1:
+        return y.argmax(-1)
+    if y.ndim > 2:
+        raise ValueError(f"`y` must be int labels (N,) or one-hot (N, C). Received: y.shape={y.shape}")
+    return y.reshape(len(y))
+
+
+def predicted_classes(outputs):
+    """Class indices of a classifier's outputs ``(N, C)``: the argmax; one output ``(N, 1)``: a
+    probability (a sigmoid's), class 1 above 0.5."""
+    outputs = np.asarray(outputs).reshape(len(outputs), -1)
+    return (outputs[:, 0] > 0.5).astype(np.int64) if outputs.shape[1] == 1 else outputs.argmax(-1)
+
+
 def evaluate_tflite(path, x, y=None, batch_size=256):
     """Return the top-1 accuracy of the .tflite classifier at ``path`` on ``(x, y)``.
 
     ``x`` is passed as the model expects it (no rescaling); it is cast to float32 and quantized
     with the input scale / zero point when the model input is int8 or uint8. If ``x`` lacks the
     trailing channel axis of a one-channel input, it is added. ``y`` holds int labels ``(N,)`` or
-    one-hot rows ``(N, C)``. Batches of ``batch_size`` are used when the model can be resized to
-    them; otherwise samples run one by one.
+    one-hot rows ``(N, C)``; a model with one output is read as a probability (class 1 above
+    0.5) against labels 0 / 1 of shape ``(N,)`` or ``(N, 1)``. Batches of ``batch_size`` are
+    used when the model can be resized to them; otherwise samples run one by one.
 
     ``x`` may instead be a ``tf.data.Dataset`` of ``(x, y)`` pairs, batched or not (unbatched
     ones are batched by ``batch_size``), with ``y`` None: it is read once, batch by batch, with
@@ -35,17 +54,8 @@ def evaluate_tflite(path, x, y=None, batch_size=256):
         raise ValueError(
             f"`x` and `y` must have the same length. Received: len(x)={len(x)}, len(y)={len(y)}"
         )
-    labels = _labels(y)
-    scores = predict_tflite(path, x, batch_size=batch_size)
-    return float(np.mean(scores.reshape(len(x), -1).argmax(axis=1) == labels))
-
-
-def _labels(y):
-    if y.ndim == 1:
-        return y.astype(np.int64)
-    if y.ndim == 2:
-        return y.argmax(axis=1)
-    raise ValueError(f"`y` must be int labels (N,) or one-hot (N, C). Received: y.shape={y.shape}")
+    labels = class_labels(y)
+    return float(np.mean(predicted_classes(predict_tflite(path, x, batch_size=batch_size)) == labels))
 
 
 def _evaluate_dataset(path, dataset, batch_size):
@@ -62,8 +72,7 @@ def _evaluate_dataset(path, dataset, batch_size):
         if len(bx) != len(by):
             raise ValueError(f"A batch of `x` holds {len(bx)} inputs but {len(by)} labels. "
                              f"Received: x with shape {bx.shape}, y with shape {by.shape}")
-        scores = predict(bx)
-        correct += int(np.sum(scores.reshape(len(bx), -1).argmax(axis=1) == _labels(by)))
+        correct += int(np.sum(predicted_classes(predict(bx)) == class_labels(by)))
         total += len(bx)
     if not total:
         raise ValueError("`x` is empty: the dataset yielded no element. Received: an empty tf.data.Dataset")

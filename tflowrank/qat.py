@@ -71,11 +71,7 @@ def quantize_aware(model, float_fallback=False, ema_decay=0.99):
     graph.check_model(model)
     quantizers.ActivationQuantizer(ema_decay)  # validates ema_decay
     builder = _Builder(keras, quantizers, float(ema_decay))
-    builder.fallback = _fallback_names(model, float_fallback)
-    unsupported = builder.check(model)
-    if unsupported and float_fallback is True:
-        builder.fallback = set(unsupported)
-        unsupported = builder.check(model)
+    unsupported = _unsupported(builder, model, float_fallback)
     if unsupported:
         raise ValueError(
             "quantize_aware cannot quantize these layers: " + "; ".join(unsupported.values())
@@ -85,6 +81,27 @@ def quantize_aware(model, float_fallback=False, ema_decay=0.99):
     quantized_inputs = [builder.quantizer(f"{t.name}_quant")(t) for t in inputs]
     outputs = builder.run(model, quantized_inputs)
     return keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs, name=model.name)
+
+def unsupported_layers(model, float_fallback=False):
+    """``{layer name: reason}`` of the layers ``quantize_aware(model, float_fallback)`` would
+    refuse (empty: it would not raise), without building anything."""
+    from ._backend import require_tensorflow
+
+    keras, _ = require_tensorflow()
+    from . import graph, quantizers
+
+    graph.check_model(model)
+    return _unsupported(_Builder(keras, quantizers, 0.99), model, float_fallback)
+
+
+def _unsupported(builder, model, float_fallback):
+    builder.fallback = _fallback_names(model, float_fallback)
+    unsupported = builder.check(model)
+    if unsupported and float_fallback is True:
+        builder.fallback = set(unsupported)
+        unsupported = builder.check(model)
+    return unsupported
+
 
 def _fallback_names(model, float_fallback):
     from . import graph

@@ -124,6 +124,7 @@ def search(model, data, target, cost="macs", methods=DEFAULT_METHODS, candidates
     from . import graph
 
     graph.check_model(model)
+    check_static_inputs(model)
     x, y = _load_data(data, eval_fn, methods, max_samples, model)
     if refit and x is None:
         raise ValueError("`refit=True` needs inputs in `data` to refit on. Received: data=None")
@@ -210,6 +211,19 @@ def _latency_table(cost, cache, latency_cache, latency_dtype, profile_options):
         latency_cache = Path(output_path(cache, "cache")).with_suffix(".latency.json")
     return LatencyTable(latency_cache, "int8" if latency_dtype is None else latency_dtype,
                         profile_options)
+
+
+def check_static_inputs(model):
+    """Raise a clear error if an input of ``model`` has an unknown dimension besides the batch:
+    a layer's MACs and latency depend on the size of its input, so a plan needs them fixed."""
+    for tensor in model.inputs:
+        shape = tuple(tensor.shape)
+        if any(d is None for d in shape[1:]):
+            raise ValueError(
+                f"`model` ({model.name!r}) takes inputs of unknown size {shape}: the cost of its "
+                "layers depends on it, so a plan needs it fixed. Give the model the input size it "
+                "will run at on the device: inputs = keras.Input((height, width, channels)); "
+                "keras.Model(inputs, model(inputs)).")
 
 
 def _check_count(name, value, minimum):
@@ -444,8 +458,9 @@ def _accuracy_scorer(x, y, batch_size):
     """``model -> top-1 accuracy on (x, y)``; one traced forward pass per model."""
     import tensorflow as tf
 
-    y = np.asarray(y)
-    labels = y.argmax(-1) if y.ndim == 2 and y.shape[-1] > 1 else y.reshape(len(y))
+    from .evaluate import class_labels, predicted_classes
+
+    labels = class_labels(y)
     batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
     state = {}
 
@@ -458,8 +473,7 @@ def _accuracy_scorer(x, y, batch_size):
         if outputs.ndim != 2:
             raise ValueError("Accuracy needs a model output of shape (N, classes); pass eval_fn= for "
                              f"other models. Received: an output of shape {outputs.shape}")
-        predicted = (outputs[:, 0] > 0.5).astype(int) if outputs.shape[1] == 1 else outputs.argmax(-1)
-        return float(np.mean(predicted == labels))
+        return float(np.mean(predicted_classes(outputs) == labels))
 
     return score
 
@@ -552,6 +566,27 @@ def _layer_cost(kind, call, cls=None, rank=None, latency=None):
     return cls.params_for(layer, rank, call.input_shape[-1])
 
 
+def _left_whole(model, sites, kind, share):
+    """Words naming the costliest layers no method factorizes, when they hold most of the cost
+    (a model of Conv1D layers, say, where only a Dense layer can be factorized)."""
+    from .costs import cost
+
+    if kind == "latency" or share < 0.5:
+        return ""
+
+    def amount(row):
+        return (row.macs or 0) if kind == "macs" else row.params
+
+    candidates = {site.path for site in sites}
+    rows = cost(model).layers
+    total = sum(amount(r) for r in rows) or 1
+    whole = sorted((r for r in rows if r.name not in candidates and amount(r)), key=amount, reverse=True)
+    named = ", ".join(f"{r.name} ({r.class_name}, {amount(r) / total:.2f})" for r in whole[:4])
+    return (f"; {share:.2f} of it is in layers no method factorizes: {named}"
+            f"{', ...' if len(whole) > 4 else ''} (the methods factorize Conv2D and Dense layers, "
+            "each called once; depthwise, separable and grouped convolutions stay whole)")
+
+
 def _plan(model, sites, table, target, kind, multiple_of, latency=None):
     """The plan for ``target``; with ``kind="latency"`` the scores are read against MACs and the
     costs come from ``latency`` (``LayerLatencies``)."""
@@ -595,8 +630,9 @@ def _plan(model, sites, table, target, kind, multiple_of, latency=None):
         lowest = fixed + sum(min([o.cost for o in opts], default=orig) for orig, opts in layers)
         raise ValueError(
             f"`target`={target!r} cannot be reached with cost={kind!r}: with every candidate layer "
-            f"at its smallest measured rank the model keeps {lowest / total:.3f} of its {kind}. "
-            "Ask for more, or allow more methods.") from None
+            f"at its smallest measured rank the model keeps {lowest / total:.3f} of its {kind}"
+            f"{_left_whole(model, sites, kind, fixed / total)}. Ask for more, or allow more "
+            "methods.") from None
     if reached < target * total * (1 - _TOLERANCE):
         warnings.warn(f"tflowrank.search: target={target!r} reached {reached / total:.3f} "
                       f"(rank steps of multiple_of={multiple_of} are too coarse to land within "
