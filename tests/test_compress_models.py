@@ -15,8 +15,8 @@ CHEAP = dict(finetune_epochs=1, candidates=3, search_samples=64, calibration_sam
              profile_runs=2, profile_repeats=1, log=None, progress=False)
 
 
-def _data(model, n=192, seed=0, scale=1.0):
-    x = (np.random.default_rng(seed).normal(size=(n, *model.inputs[0].shape[1:])) * scale).astype("float32")
+def _data(model, n=192, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, *model.inputs[0].shape[1:])).astype("float32")
     outputs = model.predict(x, verbose=0)
     y = (outputs[:, 0] > np.median(outputs[:, 0])).astype("float32") if outputs.shape[-1] == 1 \
         else outputs.argmax(-1)
@@ -32,32 +32,36 @@ def _convs(inputs, *head):
     return keras.layers.GlobalAveragePooling2D(name="gap")(x)
 
 
-def test_a_layer_qat_does_not_cover_is_refused_before_any_work(tmp_path):
+def _grouped():
+    """A model with a grouped convolution (one quantization-aware training does not cover)."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((12, 12, 3))
-    model = keras.Model(inputs, keras.layers.Dense(4, name="head")(
-        _convs(inputs, keras.layers.Rescaling(1 / 255, name="scale"))))
-    train, val = _data(model, scale=100.0)
-    with pytest.raises(ValueError, match=r"qat=True trains .* does not cover these layers: 'scale' "
-                                         r"\(Rescaling: .*\)\. Pass qat_float_fallback=True .* or qat=False"):
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="first")(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", groups=2, activation="relu", name="grouped")(x)
+    return keras.Model(inputs, keras.layers.Dense(4, name="head")(_convs(x)))
+
+
+def test_a_layer_qat_does_not_cover_is_refused_before_any_work(tmp_path):
+    model = _grouped()
+    train, val = _data(model)
+    with pytest.raises(ValueError, match=r"qat=True trains .* does not cover these layers: 'grouped' "
+                                         r"\(Conv2D: groups=2 .*\)\. Pass qat_float_fallback=True .* or qat=False"):
         compress(model, train, val, 0.5, output_dir=tmp_path / "out", **CHEAP)
     assert not (tmp_path / "out").exists()
     with pytest.raises(TypeError, match=r"`qat_float_fallback` must be True, False or a list of layer "
-                                        r"names\. Received: qat_float_fallback='scale'"):
-        compress(model, train, val, 0.5, qat_float_fallback="scale", output_dir=tmp_path / "out", **CHEAP)
+                                        r"names\. Received: qat_float_fallback='grouped'"):
+        compress(model, train, val, 0.5, qat_float_fallback="grouped", output_dir=tmp_path / "out", **CHEAP)
 
 
 @pytest.mark.slow
 def test_qat_float_fallback_keeps_such_a_layer_in_float_and_exports_int8(tmp_path):
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((12, 12, 3))
-    model = keras.Model(inputs, keras.layers.Dense(4, name="head")(
-        _convs(inputs, keras.layers.Rescaling(1 / 255, name="scale"))))
-    train, val = _data(model, scale=100.0)
-    result = compress(model, train, val, 0.5, qat_float_fallback=["scale"], output_dir=tmp_path / "out",
+    model = _grouped()
+    train, val = _data(model)
+    result = compress(model, train, val, 0.5, qat_float_fallback=["grouped"], output_dir=tmp_path / "out",
                       **CHEAP)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["settings"]["qat_float_fallback"] == ["scale"] and "qat" in report["history"]
+    assert report["settings"]["qat_float_fallback"] == ["grouped"] and "qat" in report["history"]
+    assert "grouped" not in {entry["layer"] for entry in report["layers"]}  # not factorized either
     assert inspect_tflite(result.export.path).is_fully_int8
     assert abs(result.tflite_accuracy - result.keras_accuracy) <= 2 / len(val[0])
 

@@ -341,3 +341,24 @@ def test_a_fixed_range_quantizer_never_tracks_and_round_trips():
         with pytest.raises(ValueError, match=r"`fixed_range` must be None or \(low, high\) with "
                                              r"low <= 0 < high\. Received: fixed_range="):
             quantizers.ActivationQuantizer(fixed_range=bad)
+
+
+@pytest.mark.slow
+def test_a_rescaling_layer_trains_and_exports_as_one_int8_mul(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Rescaling(1 / 255, name="scale")(inputs)  # pixels 0..255 in, as tutorials do
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(x)
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))
+    qat_model = tflowrank.quantize_aware(model)
+    assert "scale_quant" in [layer.name for layer in qat_model.layers]  # its own range
+    x = np.random.default_rng(0).random((128, 8, 8, 3), dtype=np.float32) * 255
+    qat_model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat_model.fit(x, np.random.default_rng(1).integers(0, 4, 128), batch_size=32, epochs=1, verbose=0)
+    result = tflowrank.export_tflite(qat_model, tmp_path / "scaled.tflite")
+    assert result.ops["MUL"] == 1 and inspect_tflite(result.path).is_fully_int8
+    np.testing.assert_allclose(_tflite_logits(result.path, x[:16]), qat_model.predict(x[:16], verbose=0),
+                               atol=1e-5)
+    offset = keras.Model(inputs, keras.layers.Rescaling(1 / 127.5, offset=-1, name="centre")(inputs))
+    with pytest.raises(ValueError, match=r"'centre' \(Rescaling: offset=-1 \(only a scale"):
+        tflowrank.quantize_aware(offset)

@@ -10,7 +10,8 @@ The copy is rebuilt node by node from the model's graph (nested models are inlin
   layer's intermediate tensors get their own activation ranges); a SeparableConv2D is split into
   its depthwise and pointwise convolutions with a range between them, as TFLite runs it;
 - an ``ActivationQuantizer`` follows every model input and every tensor TFLite stores with its own
-  scale: outputs of weighted layers, Add, Concatenate, global average pooling and activations.
+  scale: outputs of weighted layers, Add, Concatenate, global average pooling, a Rescaling
+  (a scale without an offset: one int8 MUL) and activations.
   A weighted layer or Add whose only consumer is a ReLU / ReLU6 gets no range of its own (TFLite
   fuses the activation), and max pooling, average pooling, Flatten, Reshape, ZeroPadding2D and
   Dropout keep the scale of their input, as TFLite requires.
@@ -28,7 +29,7 @@ __all__ = ["quantize_aware"]
 _WEIGHTED = ("Conv2D", "DepthwiseConv2D", "Dense", "SeparableConv2D")
 _KEEP_SCALE = ("MaxPooling2D", "AveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape",
                "ZeroPadding2D", "Dropout", "InputLayer")
-_RESCALE = ("Add", "Concatenate", "GlobalAveragePooling2D")
+_RESCALE = ("Add", "Concatenate", "GlobalAveragePooling2D", "Rescaling")
 _FUSABLE_INTO = ("weighted", "Add")
 _FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
 # activations TFLite runs as their own int8 op with a fixed output scale (SOFTMAX and LOGISTIC:
@@ -189,6 +190,9 @@ class _Builder:
         kind = self.kind(layer)
         if kind is None:
             return "no int8 simulation for this layer type"
+        if kind == "Rescaling" and np.any(np.asarray(layer.offset) != 0):
+            return (f"offset={layer.offset!r} (only a scale: TFLite's int8 MUL and ADD would need "
+                    "a range between them)")
         if kind != "weighted":
             return None
         name = type(layer).__name__
