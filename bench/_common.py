@@ -7,6 +7,7 @@ import platform
 import shlex
 import sys
 import tempfile
+import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -140,6 +141,17 @@ def format_table(header, rows, left=1):
                          for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def finish(record, started, path, text):
+    """End a bench run: its seconds since ``started`` and the load average into ``record``,
+    written to ``path``; print ``text(record)`` (its table) and where the JSON went."""
+    record["seconds"] = time.perf_counter() - started
+    record["load_average_end"] = load_average()
+    write_json(path, record)
+    print(text(record))
+    print(f"\nwrote {path}")
+    return 0
 
 
 def write_json(path, data):

@@ -56,6 +56,7 @@ from _common import (
     command_line,
     environment,
     fashion_mnist,
+    finish,
     format_table,
     load_average,
     require_fashion_mnist,
@@ -299,12 +300,7 @@ def main(argv=None):
             run(_compress_row, f"latency {fraction:g} tflowrank", fraction, methods, None,
                 str(Path(folder) / "sensitivity_latency.json"), epochs, True, args.runs, False, True,
                 "latency")["budget_name"] = f"latency {fraction:g}"
-    record["seconds"] = time.perf_counter() - started
-    record["load_average_end"] = load_average()
-    write_json(args.json, record)
-    print(table(record))
-    print(f"\nwrote {args.json}")
-    return 0
+    return finish(record, started, args.json, table)
 
 
 def table(record):

@@ -35,6 +35,7 @@ from pathlib import Path
 from _common import (
     command_line,
     environment,
+    finish,
     format_table,
     load_average,
     require_fashion_mnist,
@@ -105,13 +106,8 @@ def main(argv=None):
                     row.update(budget_name=name, kind=kind)
                     record["rows"].append(row)
                     write_json(args.json, record)
-    record["seconds"] = time.perf_counter() - started
-    record["load_average_end"] = load_average()
     record["summary"] = summary(record["rows"])
-    write_json(args.json, record)
-    print(table(record["summary"]))
-    print(f"\nwrote {args.json}")
-    return 0
+    return finish(record, started, args.json, lambda done: table(done["summary"]))
 
 
 def summary(rows):

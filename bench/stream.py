@@ -17,8 +17,11 @@ on the Fashion-MNIST CNN shipped with tflowrank, each row in a fresh spawned pro
   passes (the search and calibration samples are the first of one pass).
 
 The table: Keras and int8 top-1 and the int8 gap to the float32 baseline (the draws differ, so
-the two rows differ as two seeds do), the MACs, the seconds per stage, and the peak resident
-memory of the row's process (``ru_maxrss``; TensorFlow itself accounts for most of it).
+the two rows differ as two seeds do), the MACs, the seconds per stage, the seconds to read one
+epoch of fine-tuning batches the way ``compress`` reads them but without training (after the
+``compress`` call, in the same process: the data's own cost, apart from the steps), and the
+peak resident memory of the row's process (``ru_maxrss``; TensorFlow itself accounts for most
+of it).
 """
 
 import argparse
@@ -32,6 +35,7 @@ from _common import (
     command_line,
     environment,
     fashion_mnist,
+    finish,
     format_table,
     load_average,
     require_fashion_mnist,
@@ -86,12 +90,27 @@ def _row(folder, label, sizes, epochs, runs, seed=0):
                       cache=str(out / "sensitivity.json"), profile_runs=runs, log=None,
                       progress=False, seed=seed)
     return {
-        "row": label, "keras_top1": result.keras_accuracy, "int8_top1": result.tflite_accuracy,
+        "row": label, "read_seconds_per_epoch": _read_seconds(model, train, seed),
+        "keras_top1": result.keras_accuracy, "int8_top1": result.tflite_accuracy,
         "baseline_top1": result.baseline_accuracy, "macs": result.macs,
         "baseline_macs": result.baseline_macs, "plan": result.plan.to_dict(),
         "seconds": result.seconds, "wall_seconds": time.perf_counter() - started,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def _read_seconds(model, train, seed):
+    """Seconds to read one epoch of fine-tuning batches from ``train`` as ``compress`` reads
+    them, without training: what the data costs apart from the steps themselves."""
+    import numpy as np
+
+    from tflowrank.compress_data import as_data
+
+    per_epoch, batch = as_data("train_data", train, model, BATCH).steps(BATCH, 1, np.random.default_rng(seed))
+    started = time.perf_counter()
+    for step in range(per_epoch):
+        batch(step)
+    return time.perf_counter() - started
 
 
 def _write_files(folder, sizes):
@@ -126,23 +145,19 @@ def main(argv=None):
             print(f"[stream] {label} ...", flush=True)
             record["rows"].append(run_isolated(_row, folder, label, sizes, epochs, args.runs))
             write_json(args.json, record)
-    record["seconds"] = time.perf_counter() - started
-    record["load_average_end"] = load_average()
-    write_json(args.json, record)
-    print(table(record))
-    print(f"\nwrote {args.json}")
-    return 0
+    return finish(record, started, args.json, table)
 
 
 def table(record):
     header = ("row", "top-1 Keras", "top-1 int8", "vs float", "MACs", "search s", "fine-tune s",
-              "evaluate s", "total s", "peak MB")
+              "read s/epoch", "evaluate s", "total s", "peak MB")
     lines = []
     for r in record["rows"]:
         s = r["seconds"]
         lines.append((r["row"], f"{r['keras_top1']:.4f}", f"{r['int8_top1']:.4f}",
                       f"{100 * (r['int8_top1'] - r['baseline_top1']):+.2f}", f"{r['macs']:,}",
-                      f"{s['search']:.0f}", f"{s['fine-tune']:.0f}", f"{s['evaluate']:.1f}",
+                      f"{s['search']:.0f}", f"{s['fine-tune']:.0f}",
+                      f"{r['read_seconds_per_epoch']:.2f}", f"{s['evaluate']:.1f}",
                       f"{s['total']:.0f}", f"{r['peak_rss_mb']:.0f}"))
     return format_table(header, lines)
 
