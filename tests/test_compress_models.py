@@ -138,3 +138,22 @@ def test_a_model_whose_cost_is_in_layers_no_method_factorizes_is_told_which():
     with pytest.raises(ValueError, match=r"cannot be reached .*; 1\.00 of it is in layers no method "
                                          r"factorizes: conv1d_b \(Conv1D, 0\.\d\d\), conv1d_a \(Conv1D"):
         search(model, (x, np.zeros(32)), 0.5, candidates=2)
+
+
+@pytest.mark.slow
+def test_cli_compress_takes_the_float_fallback(tmp_path, capsys):
+    from tflowrank.cli import main
+
+    model = _grouped()
+    (x, y), (x_val, y_val) = _data(model)
+    model.save(tmp_path / "grouped.keras")
+    np.savez(tmp_path / "data.npz", x_train=x, y_train=y, x_val=x_val, y_val=y_val)
+    args = ["compress", str(tmp_path / "grouped.keras"), "--data", str(tmp_path / "data.npz"),
+            "--target", "0.5", "--epochs", "1", "--candidates", "3", "--search-samples", "64",
+            "--runs", "2", "--repeats", "1"]
+    assert main([*args, "-o", str(tmp_path / "refused")]) == 2
+    assert "'grouped' (Conv2D: groups=2" in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "out"), "--qat-float-fallback", "grouped"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["settings"]["qat_float_fallback"] == ["grouped"]
+    assert inspect_tflite(tmp_path / "out" / "model_int8.tflite").is_fully_int8

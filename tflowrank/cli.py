@@ -139,6 +139,9 @@ def _parser():
     p.add_argument("--qat-epochs", type=float, default=None,
                    help="how much of the fine-tuning, at its end, is quantization-aware, in epochs "
                         "(default 0.1)")
+    p.add_argument("--qat-float-fallback", metavar="LAYERS", default=None,
+                   help="keep layers quantization-aware training does not cover in float there: "
+                        "'all', or comma-separated layer names (default: refuse such a model)")
     p.add_argument("--no-refit", action="store_true",
                    help="keep the factorized layers' last factors as decomposed (no least-squares "
                         "refit to the model's responses)")
@@ -394,9 +397,13 @@ def _compress(args):
     train = tuple(a[:args.train_samples] for a in train)
     val = tuple(a[:args.val_samples] for a in val)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    fallback = args.qat_float_fallback
+    fallback = (False if fallback is None else True if fallback == "all"
+                else [name.strip() for name in fallback.split(",") if name.strip()])
     model = _load(args.model)
     result = compress(model, train, val, args.target, cost=args.cost, finetune_epochs=args.epochs,
-                      qat=not args.no_qat, refit=not args.no_refit, output_dir=args.output,
+                      qat=not args.no_qat, qat_float_fallback=fallback, refit=not args.no_refit,
+                      output_dir=args.output,
                       methods=methods, **({} if args.qat_epochs is None else {"qat_epochs": args.qat_epochs}),
                       learning_rate=args.learning_rate, seed=args.seed,
                       feature_distill=args.feature_distill,
