@@ -136,8 +136,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     """Compress ``model`` to ``target`` of its cost, fine-tune it, export int8 TFLite, report.
 
     Args:
-        model: a trained, built Keras classifier (one input; logits or probabilities out). It is
-            not modified.
+        model: a trained, built Keras classifier: one float input of a fixed size, one output
+            (logits, softmax probabilities, or one sigmoid probability). It is not modified.
         train_data: ``(x, y)`` NumPy arrays, or a ``tf.data.Dataset`` of ``(x, y)`` (batched or
             not; finite): fine-tuning, batch-norm re-estimation, int8 calibration and the
             ``"output"`` method's calibration inputs. A dataset is read in passes and never held
@@ -158,10 +158,10 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             ``QAT_EPOCHS`` for the default.
         qat_float_fallback: layers ``quantize_aware`` does not cover (a ``Rescaling`` with an
             offset, a grouped convolution, a swish activation, ...; see docs/qat.md): False (the
-            default) refuses
-            the model before any work, naming them; True, or a list of layer names, keeps them
-            in float during the quantization-aware steps (``quantize_aware(float_fallback=...)``;
-            the int8 export then needs TFLite int8 kernels for them).
+            default) refuses the model before any work, naming them; True, or a list of layer
+            names, keeps them in float during the quantization-aware steps
+            (``quantize_aware(float_fallback=...)``; the int8 export then needs TFLite int8
+            kernels for them).
         export: the int8 .tflite file; a relative path is inside ``output_dir``.
         output_dir: the report folder (created if missing): ``report.md``, ``report.json``,
             ``plan.json``, ``sensitivity.json``, ``compressed.keras``, the baseline's int8 and
@@ -183,9 +183,9 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             (the uniform 3x split, docs/benchmarks.md).
         batch_size, learning_rate: fine-tuning (Adam; one cosine decay of ``learning_rate`` to 0
             over all the epochs, the quantization-aware one included); a dataset's own batches
-            are used as they come, ``batch_size`` batches only unbatched elements. ``learning_rate`` None:
-            by the depth of the cut (``default_learning_rate``): 2e-3 when the factorized model
-            keeps more than a quarter of the input model's MACs, 4e-3 below.
+            are used as they come, ``batch_size`` batches only unbatched elements.
+            ``learning_rate`` None: by the depth of the cut (``default_learning_rate``): 2e-3 when
+            the factorized model keeps more than a quarter of the input model's MACs, 4e-3 below.
         loss: the training loss, a callable ``loss(y_true, y_pred)`` or a name Keras knows;
             None: the model's compiled loss, else sparse categorical cross-entropy (from logits
             unless the last layer applies a softmax). Tried on two training samples before the
@@ -587,7 +587,8 @@ def _check_labels(loss, model, x, y):
             f"{_batch_shape(np.shape(y))}, dtype {np.asarray(y).dtype}) and the model's outputs "
             f"(shape {_batch_shape(outputs.shape)}): {reason}. Pass `loss=` "
             "for these labels ('sparse_categorical_crossentropy' for class indices, "
-            "'categorical_crossentropy' for one-hot rows; the model's compiled loss is the default).")
+            "'categorical_crossentropy' for one-hot rows, 'binary_crossentropy' for 0 / 1 labels of "
+            "one sigmoid output; the model's compiled loss is the default).")
 
 
 def _warn_if_one_class(labels):
