@@ -359,6 +359,23 @@ def test_a_rescaling_layer_trains_and_exports_as_one_int8_mul(tmp_path):
     assert result.ops["MUL"] == 1 and inspect_tflite(result.path).is_fully_int8
     np.testing.assert_allclose(_tflite_logits(result.path, x[:16]), qat_model.predict(x[:16], verbose=0),
                                atol=1e-5)
-    offset = keras.Model(inputs, keras.layers.Rescaling(1 / 127.5, offset=-1, name="centre")(inputs))
-    with pytest.raises(ValueError, match=r"'centre' \(Rescaling: offset=-1 \(only a scale"):
-        tflowrank.quantize_aware(offset)
+
+
+
+@pytest.mark.slow
+def test_a_rescaling_with_an_offset_exports_as_int8_mul_then_add(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="centre")(inputs)  # pixels to [-1, 1]
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(x)
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))
+    qat_model = tflowrank.quantize_aware(model)
+    names = [layer.name for layer in qat_model.layers]
+    assert "centre_scale_quant" in names and "centre_quant" in names  # a range after each step
+    x = np.random.default_rng(0).random((128, 8, 8, 3), dtype=np.float32) * 255
+    qat_model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat_model.fit(x, np.random.default_rng(1).integers(0, 4, 128), batch_size=32, epochs=1, verbose=0)
+    result = tflowrank.export_tflite(qat_model, tmp_path / "centred.tflite")
+    assert inspect_tflite(result.path).is_fully_int8 and result.ops["MUL"] == result.ops["ADD"] == 1
+    np.testing.assert_allclose(_tflite_logits(result.path, x[:16]), qat_model.predict(x[:16], verbose=0),
+                               atol=1e-5)

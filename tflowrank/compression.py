@@ -156,8 +156,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         qat_epochs: how much of the fine-tuning, at its end, is quantization-aware, in epochs
             (a number in ``(0, finetune_epochs]``; at least one step); the rest is float. See
             ``QAT_EPOCHS`` for the default.
-        qat_float_fallback: layers ``quantize_aware`` does not cover (a ``Rescaling`` with an
-            offset, a grouped convolution, a swish activation, ...; see docs/qat.md): False (the
+        qat_float_fallback: layers ``quantize_aware`` does not cover (a ``Normalization``, a
+            grouped convolution, a swish activation, ...; see docs/qat.md): False (the
             default) refuses the model before any work, naming them; True, or a list of layer
             names, keeps them in float during the quantization-aware steps
             (``quantize_aware(float_fallback=...)``; the int8 export then needs TFLite int8

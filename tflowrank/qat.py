@@ -11,7 +11,8 @@ The copy is rebuilt node by node from the model's graph (nested models are inlin
   its depthwise and pointwise convolutions with a range between them, as TFLite runs it;
 - an ``ActivationQuantizer`` follows every model input and every tensor TFLite stores with its own
   scale: outputs of weighted layers, Add, Concatenate, global average pooling, a Rescaling
-  (a scale without an offset: one int8 MUL) and activations.
+  (and, for one with an offset, between its scale and its offset: TFLite's MUL and ADD) and
+  activations.
   A weighted layer or Add whose only consumer is a ReLU / ReLU6 gets no range of its own (TFLite
   fuses the activation), and max pooling, average pooling, Flatten, Reshape, ZeroPadding2D and
   Dropout keep the scale of their input, as TFLite requires.
@@ -104,6 +105,11 @@ def _unsupported(builder, model, float_fallback):
     return unsupported
 
 
+def _offset(layer):
+    """Whether a Rescaling layer adds an offset after its scale."""
+    return bool(np.any(np.asarray(layer.offset) != 0))
+
+
 def _fallback_names(model, float_fallback):
     from . import graph
 
@@ -190,9 +196,6 @@ class _Builder:
         kind = self.kind(layer)
         if kind is None:
             return "no int8 simulation for this layer type"
-        if kind == "Rescaling" and np.any(np.asarray(layer.offset) != 0):
-            return (f"offset={layer.offset!r} (only a scale: TFLite's int8 MUL and ADD would need "
-                    "a range between them)")
         if kind != "weighted":
             return None
         name = type(layer).__name__
@@ -301,6 +304,12 @@ class _Builder:
                 return self.run(op, list(self.keras.tree.flatten((args, kwargs))))
             if id(op) in folds.folded:
                 return args[0]  # the layer before already applies it
+            if self.kind(op) == "Rescaling" and _offset(op) and op.name not in self.fallback:
+                # TFLite runs it as MUL then ADD, each int8 with its own output range
+                scale = self.keras.layers.Rescaling(op.scale, name=self.unique(f"{op.name}_scale"))
+                args = (self.quantizer(f"{op.name}_scale_quant")(scale(*args, **kwargs)),)
+                kwargs = {}
+                op = self.keras.layers.Rescaling(1.0, op.offset, name=self.unique(op.name))
             outputs = self.convert(op, folds.bn_of.get(id(op)))(*args, **kwargs)
             fixed = self._fixed_activation(op)
             if fixed and self.kind(op) == "weighted" and op.name not in self.fallback:
