@@ -157,3 +157,12 @@ def test_cli_compress_takes_the_float_fallback(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["settings"]["qat_float_fallback"] == ["grouped"]
     assert inspect_tflite(tmp_path / "out" / "model_int8.tflite").is_fully_int8
+
+
+def test_search_names_the_layers_it_leaves_whole():
+    model = _grouped()
+    x = np.random.default_rng(0).normal(size=(32, 12, 12, 3)).astype("float32")
+    with pytest.warns(UserWarning, match=r"tflowrank.search: left whole, as no method can factorize "
+                                         r"them: grouped \(groups=2 is not supported \(only groups=1\)\)$"):
+        plan = search(model, (x, np.zeros(32)), 0.7, candidates=2)
+    assert "grouped" not in {entry.layer for entry in plan.factorized}

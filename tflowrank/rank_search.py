@@ -306,10 +306,12 @@ def _sites(model, methods, candidates, first_applicable=False):
     times = {}
     for call in calls:
         times[id(call.layer)] = times.get(id(call.layer), 0) + 1
-    sites, seen = [], set()
+    sites, seen, left = [], set(), {}
     for call in calls:
         layer = call.layer
         if id(layer) in seen or times[id(layer)] > 1:
+            if times[id(layer)] > 1 and isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+                left[layer.name] = f"called {times[id(layer)]} times (shared weights)"
             continue
         seen.add(id(layer))
         if isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)):
@@ -321,6 +323,8 @@ def _sites(model, methods, candidates, first_applicable=False):
         for method in methods:
             cls = factor_class(method_table(method), layer)
             if cls is None or cls.supports(layer) is not None:
+                if cls is not None:
+                    left.setdefault(call.path, cls.supports(layer))
                 continue
             if method == "output" and call.path != layer.name:
                 continue  # the output method works on top-level layers only
@@ -333,6 +337,10 @@ def _sites(model, methods, candidates, first_applicable=False):
                     break
         if site.methods:
             sites.append(site)
+            left.pop(call.path, None)  # another method takes it
+    if left:
+        warnings.warn("tflowrank.search: left whole, as no method can factorize them: "
+                      + "; ".join(f"{path} ({reason})" for path, reason in left.items()), stacklevel=3)
     return sites
 
 
