@@ -23,6 +23,15 @@ def _configured_backend():
         return "tensorflow"
 
 
+def is_dataset(data):
+    """Whether ``data`` is a ``tf.data.Dataset``, without importing TensorFlow (a dataset exists
+    only once TensorFlow is imported)."""
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(data, tf.data.Dataset)
+
+
 def require_tensorflow():
     """Return ``(keras, tensorflow)``; raise ``BackendError`` if Keras uses another backend."""
     from .errors import BackendError

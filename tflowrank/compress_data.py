@@ -15,18 +15,12 @@ finite (a ``.repeat()`` without a count is refused), and is counted in one extra
 """
 
 import copy
-import sys
 
 import numpy as np
 
-__all__ = ["Arrays", "Stream", "as_data", "is_dataset", "keras_accuracy", "tflite_accuracy"]
+from ._backend import is_dataset
 
-
-def is_dataset(data):
-    """Whether ``data`` is a ``tf.data.Dataset`` (without importing TensorFlow: a dataset
-    exists only once TensorFlow is imported)."""
-    tf = sys.modules.get("tensorflow")
-    return tf is not None and isinstance(data, tf.data.Dataset)
+__all__ = ["Arrays", "Stream", "as_data", "keras_accuracy", "tflite_accuracy"]
 
 
 def as_data(name, data, model, batch_size):

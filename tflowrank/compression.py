@@ -222,8 +222,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     Returns:
         CompressionResult.
     """
-    from ._backend import require_tensorflow
-    from .compress_data import as_data, is_dataset, keras_accuracy
+    from ._backend import is_dataset, require_tensorflow
+    from .compress_data import as_data, keras_accuracy
     from .compress_data import tflite_accuracy as tflite_accuracy_on
     from .plan import COSTS, CompressionPlan
     from .rank_search import _check_target

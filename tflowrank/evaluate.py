@@ -39,7 +39,7 @@ def evaluate_tflite(path, x, y=None, batch_size=256):
     ones are batched by ``batch_size``), with ``y`` None: it is read once, batch by batch, with
     one interpreter, so a validation set larger than memory can be scored.
     """
-    from .compress_data import is_dataset
+    from ._backend import is_dataset
 
     if is_dataset(x):
         if y is not None:

@@ -84,6 +84,7 @@ def quantize_aware(model, float_fallback=False, ema_decay=0.99):
     outputs = builder.run(model, quantized_inputs)
     return keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs, name=model.name)
 
+
 def unsupported_layers(model, float_fallback=False):
     """``{layer name: reason}`` of the layers ``quantize_aware(model, float_fallback)`` would
     refuse (empty: it would not raise), without building anything."""
