@@ -108,7 +108,7 @@ def test_inputs_of_unknown_size_or_integer_type_are_refused(tmp_path):
     inputs = keras.Input((12, 12, 3), dtype="uint8")
     pixels = keras.Model(inputs, keras.layers.Dense(4)(
         _convs(inputs, keras.layers.Rescaling(1 / 255))), name="pixels")
-    with pytest.raises(ValueError, match=r"`model` \('pixels'\) takes uint8 inputs: compress needs float"):
+    with pytest.raises(ValueError, match=r"compress needs float inputs, and `model` \('pixels'\) takes uint8"):
         compress(pixels, (x, y), (x, y), 0.5, qat=False, output_dir=tmp_path / "out", **CHEAP)
     assert not (tmp_path / "out").exists()
 

@@ -209,6 +209,20 @@ def test_unsupported_op_raises_conversion_error_and_keeps_existing_file(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]
 
 
+def test_integer_input_refused_for_int8_only(tmp_path):
+    inputs = keras.Input((8, 8, 1), dtype="uint8", name="pixels")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Flatten()(keras.layers.Conv2D(4, 3)(x))
+    model = keras.Model(inputs, keras.layers.Dense(3)(x), name="raw")
+    path = tmp_path / "m.tflite"
+    with pytest.raises(ValueError, match=r"quantize='int8' needs float inputs, and `model` \('raw'\) "
+                                         r"takes uint8 input 'pixels': the cast from uint8"):
+        export_tflite(model, path, representative_data=np.zeros((4, 8, 8, 1), "uint8"))
+    assert list(tmp_path.iterdir()) == []
+    result = export_tflite(model, path, quantize=None)
+    assert result.input_details[0].dtype == "uint8"
+
+
 def test_unknown_quantize(model, tmp_path):
     message = (
         "`quantize` must be one of 'int8', 'dynamic', 'float16' or None. Received: quantize='int4'"

@@ -197,6 +197,12 @@ def test_unsupported_layer_error_and_float_fallback():
     with pytest.raises(ValueError, match=r"`float_fallback` names layers the model does not have: "
                                          r"\['nope'\]"):
         tflowrank.quantize_aware(model, float_fallback=["nope"])
+    pixels = keras.Input((8, 8, 3), dtype="uint8")
+    raw = keras.Model(pixels, model(keras.layers.Rescaling(1 / 255)(pixels)), name="raw")
+    for fallback in (False, True):
+        with pytest.raises(ValueError, match=r"quantize_aware needs float inputs, and `model` "
+                                             r"\('raw'\) takes uint8 input"):
+            tflowrank.quantize_aware(raw, float_fallback=fallback)
 
 
 def test_callback_switches_quantization_at_start_epoch():

@@ -529,6 +529,7 @@ def _check_quantize_aware(model, float_fallback):
 def _check_classifier(model):
     """Raise a clear error unless ``model`` has one float input of a fixed size and one output:
     what the search scores, the fine-tuning trains and the int8 file runs."""
+    from .export import check_float_inputs
     from .rank_search import check_static_inputs
 
     for what, tensors in (("inputs", model.inputs), ("outputs", model.outputs)):
@@ -538,12 +539,7 @@ def _check_classifier(model):
                 f"({', '.join(getattr(t, 'name', '?') for t in tensors)}): compress takes a classifier "
                 f"with one input and one output. For one head of several: keras.Model(model.inputs, "
                 "model.outputs[i]).")
-    dtype = str(model.inputs[0].dtype)
-    if not dtype.startswith(("float", "bfloat")):
-        raise ValueError(
-            f"`model` ({model.name!r}) takes {dtype} inputs: compress needs float inputs (the int8 "
-            "file quantizes them itself, and a cast has no int8 kernel). Build it on "
-            "keras.Input(shape, dtype='float32') and pass the data as float32.")
+    check_float_inputs(model, "compress")
     check_static_inputs(model)
 
 

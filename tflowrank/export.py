@@ -101,6 +101,8 @@ def export_tflite(model, path, quantize="int8", representative_data=None, int8_i
         )
     keras, tf = require_tensorflow()
     spec = _input_spec(model, keras, tf)
+    if quantize == "int8":
+        check_float_inputs(model, "quantize='int8'")
     model = _prepare(model)
     samples = None
     if quantize == "int8" and not qat:
@@ -173,6 +175,20 @@ def _input_spec(model, keras, tf):
         )
     (tensor,) = inputs
     return tf.TensorSpec([1, *tensor.shape[1:]], tensor.dtype, name=tensor.name)
+
+
+def check_float_inputs(model, who):
+    """Raise a clear error if an input of ``model`` is not float: a full-integer TFLite model
+    quantizes its float input itself, and the cast an integer input needs has no int8 kernel."""
+    for tensor in model.inputs:
+        dtype = str(tensor.dtype)
+        if not dtype.startswith(("float", "bfloat")):
+            raise ValueError(
+                f"{who} needs float inputs, and `model` ({model.name!r}) takes {dtype} input "
+                f"{tensor.name!r}: the cast from {dtype} has no int8 kernel in TFLite. Build the "
+                "model on keras.Input(shape, dtype='float32') (keep its Rescaling) and feed the "
+                "data as float32; export_tflite(..., int8_io=True) then gives the file an int8 "
+                "input.")
 
 
 def _configure(converter, tf, quantize, samples, int8_io):

@@ -69,8 +69,10 @@ def quantize_aware(model, float_fallback=False, ema_decay=0.99):
 
     keras, _ = require_tensorflow()
     from . import graph, quantizers
+    from .export import check_float_inputs
 
     graph.check_model(model)
+    check_float_inputs(model, "quantize_aware")
     quantizers.ActivationQuantizer(ema_decay)  # validates ema_decay
     builder = _Builder(keras, quantizers, float(ema_decay))
     unsupported = _unsupported(builder, model, float_fallback)
