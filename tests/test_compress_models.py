@@ -83,6 +83,54 @@ def test_a_sigmoid_head_compiled_by_name_compresses_with_flat_labels(tmp_path):
     assert result.export.ops["LOGISTIC"] == 1 and inspect_tflite(result.export.path).is_fully_int8
 
 
+@pytest.mark.slow
+def test_a_logit_head_is_read_at_zero_throughout(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    head = keras.layers.Dense(1, name="head")  # a logit out, as in Keras's transfer-learning guide
+    model = keras.Model(inputs, head(_convs(inputs)))
+    model.compile(loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).normal(size=(192, 12, 12, 3)).astype("float32")
+    logits = model.predict(x, verbose=0)[:, 0]
+    kernel, bias = head.get_weights()  # logits spread about 0 by 0.5: many within (0, 0.5]
+    head.set_weights([kernel * 0.5 / logits.std(), bias + (0 - np.median(logits)) * 0.5 / logits.std()])
+    logits = model.predict(x, verbose=0)[:, 0]
+    y = (logits > 0).astype("float32")
+    assert np.mean((logits > 0.5) == y) < 0.8  # what the 0.5 rule would score the input model
+    train, val = (x[:128], y[:128]), (x[128:], y[128:])
+    result = compress(model, train, val, 0.5, output_dir=tmp_path / "out", **CHEAP)
+    assert result.baseline_accuracy == 1.0 and result.plan.baseline_score == 1.0
+    out = result.model.predict(val[0], verbose=0)[:, 0]
+    assert result.keras_accuracy == pytest.approx(np.mean((out > 0) == val[1]))
+    int8 = predict_tflite(result.export.path, val[0])[:, 0]
+    assert result.tflite_accuracy == pytest.approx(np.mean((int8 > 0) == val[1]))
+    assert "LOGISTIC" not in result.export.ops
+    # the model comes back compiled with an accuracy that reads the logit the same way
+    metrics = result.model.evaluate(val[0], val[1], batch_size=64, verbose=0, return_dict=True)
+    assert metrics["accuracy"] == pytest.approx(result.keras_accuracy)
+
+
+def test_one_output_gets_a_binary_default_loss_and_no_class_distillation(tmp_path):
+    from tflowrank.compression import _loss
+
+    inputs = keras.Input((12, 12, 3))
+    features = _convs(inputs)
+    for head, kind, from_logits in ((keras.layers.Dense(1), "BinaryCrossentropy", True),
+                                    (keras.layers.Dense(1, activation="sigmoid"), "BinaryCrossentropy", False),
+                                    (keras.layers.Dense(4), "SparseCategoricalCrossentropy", True),
+                                    (keras.layers.Dense(4, activation="softmax"),
+                                     "SparseCategoricalCrossentropy", False)):
+        loss = _loss(keras.Model(inputs, head(features)), None, keras)
+        assert (type(loss).__name__, loss.get_config()["from_logits"]) == (kind, from_logits)
+    one = keras.Model(inputs, keras.layers.Dense(1)(features), name="one")
+    x = np.zeros((8, 12, 12, 3), "float32")
+    with pytest.raises(ValueError, match=r"`distill=True` matches the input model's class scores, and "
+                                         r"`model` \('one'\) has one output"):
+        compress(one, (x, np.zeros(8)), (x, np.zeros(8)), 0.5, distill=True,
+                 output_dir=tmp_path / "out", **CHEAP)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_model_with_two_outputs_is_refused(tmp_path):
     inputs = keras.Input((12, 12, 3))
     features = _convs(inputs)

@@ -197,3 +197,32 @@ def test_bad_datasets_are_named(any_model):
         evaluate_tflite(any_model, pairs.take(0))
     with pytest.raises(ValueError, match=r"`y` is needed with `x` as an array.* Received: y=None"):
         evaluate_tflite(any_model, x)
+
+
+def test_one_output_is_read_as_a_logit_or_a_probability(tmp_path):
+    from tflowrank.evaluate import one_logit, output_activation, predicted_classes
+
+    assert list(predicted_classes(np.array([[0.3], [0.7], [-0.2]]))) == [0, 1, 0]
+    assert list(predicted_classes(np.array([[0.3], [0.7], [-0.2]]), logit=True)) == [1, 1, 0]
+    assert list(predicted_classes(np.array([[0.3, 0.1], [0.2, 0.7]]), logit=True)) == [0, 1]
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    logits = keras.Model(inputs, keras.layers.Dense(1)(inputs), name="logits")
+    sigmoid = keras.Sequential([keras.Input((6,)), keras.layers.Dense(1, activation="sigmoid")])
+    nested = keras.Model(inputs, sigmoid(keras.layers.Dense(6)(inputs)))
+    lambda_sigmoid = keras.Model(inputs, keras.layers.Lambda(keras.ops.sigmoid)(logits(inputs)))
+    assert (output_activation(logits), output_activation(nested), output_activation(lambda_sigmoid)) \
+        == ("linear", "sigmoid", None)
+    assert one_logit(logits) and not one_logit(sigmoid) and not one_logit(nested)
+    assert not one_logit(lambda_sigmoid)  # unknown: a probability, unless the loss says logits
+    lambda_sigmoid.compile(loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    assert one_logit(lambda_sigmoid)
+    # a .tflite file: a logit unless it ends in a LOGISTIC, whatever the Keras layer that made it
+    x = np.random.default_rng(0).normal(size=(400, 6)).astype("float32")
+    out = logits.predict(x, verbose=0)[:, 0]
+    y = (out > 0).astype(int)
+    assert np.mean((out > 0.5) == y) < 0.9  # a logit read as a probability would score this
+    probability = keras.Model(inputs, keras.ops.sigmoid(logits(inputs)), name="probability")
+    for model in (logits, probability):
+        path = export_tflite(model, tmp_path / f"{model.name}.tflite", quantize=None).path
+        assert evaluate_tflite(path, x, y) == 1.0

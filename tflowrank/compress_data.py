@@ -34,14 +34,15 @@ def as_data(name, data, model, batch_size):
     return Arrays(name, *data)
 
 
-def keras_accuracy(model, data):
-    """Top-1 of ``model`` on ``data`` (Arrays or Stream): one output above 0.5, else the argmax."""
+def keras_accuracy(model, data, logit=False):
+    """Top-1 of ``model`` on ``data`` (Arrays or Stream): the argmax; one output above 0.5, or
+    above 0 with ``logit``."""
     from .evaluate import class_labels, predicted_classes
 
     correct = total = 0
     for x, y in data.chunks():  # arrays: one chunk; a stream: its batches, each one step
         outputs = model.predict_on_batch(x) if data.stream else model.predict(x, batch_size=512, verbose=0)
-        correct += int(np.sum(predicted_classes(outputs) == class_labels(y)))
+        correct += int(np.sum(predicted_classes(outputs, logit) == class_labels(y)))
         total += len(x)
     return correct / total
 

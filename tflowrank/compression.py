@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .evaluate import one_logit, output_activation
+
 __all__ = ["compress", "CompressionResult", "default_feature_distill", "default_learning_rate"]
 
 _BN_BATCHES = 50  # batches of training inputs that re-estimate batch-norm statistics
@@ -137,7 +139,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
 
     Args:
         model: a trained, built Keras classifier: one float input of a fixed size, one output
-            (logits, softmax probabilities, or one sigmoid probability). It is not modified.
+            (logits, softmax probabilities, one sigmoid probability or one logit: see
+            ``evaluate.one_logit``). It is not modified.
         train_data: ``(x, y)`` NumPy arrays, or a ``tf.data.Dataset`` of ``(x, y)`` (batched or
             not; finite): fine-tuning, batch-norm re-estimation, int8 calibration and the
             ``"output"`` method's calibration inputs. A dataset is read in passes and never held
@@ -278,6 +281,11 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
 
     graph.check_model(model)
     _check_classifier(model)
+    if distill and model.outputs[0].shape[-1] == 1:
+        raise ValueError(f"`distill=True` matches the input model's class scores, and `model` "
+                         f"({model.name!r}) has one output: there is no distribution over classes "
+                         "to match. Use feature_distill= (the layers' outputs) instead. "
+                         f"Received: distill={distill!r}")
     if qat:
         _check_quantize_aware(model, qat_float_fallback)
     train = as_data("train_data", train_data, model, batch_size)
@@ -322,7 +330,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     base_int8 = _baseline_int8(model, out, calibration)  # before any work: it must convert
     export_seconds = time.perf_counter() - stage
     baseline_cost = model_cost(model)
-    baseline_accuracy = keras_accuracy(model, val)
+    logit = one_logit(model)  # how one output is read, the input model's way throughout
+    baseline_accuracy = keras_accuracy(model, val, logit)
     log(f"baseline: {baseline_cost.macs:,} MACs, {baseline_cost.params:,} params, "
         f"top-1 {baseline_accuracy:.4f} on {val.samples} validation samples")
 
@@ -358,7 +367,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
                 + ("" if row.applied else f" (not applied: {row.reason})"))
     _reestimate_batch_norm(compressed, train.input_batches(_BN_BATCHES, batch_size, rng))
     seconds["factorize"] = time.perf_counter() - stage
-    after_factorize = keras_accuracy(compressed, val)
+    after_factorize = keras_accuracy(compressed, val, logit)
     compressed_cost = model_cost(compressed)
     log(f"factorized: {compressed_cost.macs:,} MACs ({compressed_cost.macs / baseline_cost.macs:.3f}), "
         f"{compressed_cost.params:,} params; top-1 before fine-tuning {after_factorize:.4f}")
@@ -373,7 +382,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     if distill and finetune_epochs:  # the input model's outputs packed with the labels
         from .distillation import distillation_loss, packed_targets
 
-        probabilities = _outputs_probabilities(model)
+        probabilities = output_activation(model) == "softmax"
         fine = train.relabel(lambda x, y: packed_targets(
             y, np.asarray(model.predict(x, batch_size=512, verbose=0)), probabilities))
         train_loss = distillation_loss(probabilities)
@@ -405,7 +414,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             + (f" (matching the input model's {', '.join(hinted)} x {feature_distill:g})"
                if hinted else ""))
         history["float"] = _fit(trained, batch, 0, float_steps, schedule, train_loss, keras,
-                                accuracy=not hinted)
+                                None if hinted else _accuracy_metric(keras, logit))
     final = compressed
     if qat:
         from .qat import quantize_aware
@@ -414,11 +423,12 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         if float_steps:  # quantize_aware folds the moving statistics: make them the weights' own
             _reestimate_batch_norm(compressed, train.input_batches(_BN_BATCHES, batch_size, rng))
         final = quantize_aware(compressed, float_fallback=qat_float_fallback)
-        history["qat"] = _fit(final, batch, float_steps, qat_steps, schedule, train_loss, keras)
+        history["qat"] = _fit(final, batch, float_steps, qat_steps, schedule, train_loss, keras,
+                              _accuracy_metric(keras, logit))
     if finetune_epochs:  # leave the model compiled with a plain loss (a serializable one)
-        final.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
+        final.compile(optimizer="adam", loss=loss, metrics=[_accuracy_metric(keras, logit)])
     seconds["fine-tune"] = time.perf_counter() - stage
-    final_accuracy = keras_accuracy(final, val)
+    final_accuracy = keras_accuracy(final, val, logit)
 
     stage = time.perf_counter()
     from ._io import atomic_path
@@ -565,7 +575,9 @@ def _loss(model, loss, keras):
     compiled = getattr(model, "loss", None)
     if compiled is not None:
         return _callable_loss("model.loss", compiled, keras)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=not _outputs_probabilities(model))
+    if model.outputs[0].shape[-1] == 1:  # one output: 0 / 1 labels
+        return keras.losses.BinaryCrossentropy(from_logits=one_logit(model))
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=output_activation(model) != "softmax")
 
 
 def _check_labels(loss, model, x, y):
@@ -644,14 +656,12 @@ def _callable_loss(name, loss, keras):
     return resolved
 
 
-def _outputs_probabilities(model):
-    """Whether the model ends in a softmax (probabilities out) rather than logits."""
-    last = model.layers[-1]
-    activation = getattr(last, "activation", None)
-    return getattr(activation, "__name__", "") == "softmax" or type(last).__name__ == "Softmax"
+def _accuracy_metric(keras, logit):
+    """Keras's "accuracy", except for one logit out: class 1 above 0, not above 0.5."""
+    return keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0) if logit else "accuracy"
 
 
-def _fit(model, batch, start, count, schedule, loss, keras, accuracy=True):
+def _fit(model, batch, start, count, schedule, loss, keras, metric="accuracy"):
     """Train ``model`` on the fine-tuning's steps ``start`` to ``start + count`` (``batch(i)``:
     step ``i``'s ``(x, y)``), the same steps of one cosine decay of the learning rate over the
     whole fine-tuning (``schedule``: learning rate, total steps, steps per epoch), so the
@@ -661,7 +671,7 @@ def _fit(model, batch, start, count, schedule, loss, keras, accuracy=True):
     learning_rate, total, per_epoch = schedule
     distilled = getattr(loss, "__name__", "") == "distillation"  # packed targets: no accuracy
     model.compile(optimizer=keras.optimizers.Adam(_shifted_cosine(keras, learning_rate, total, start)),
-                  loss=loss, metrics=["accuracy"] if accuracy and not distilled else [])
+                  loss=loss, metrics=[metric] if metric is not None and not distilled else [])
 
     class Steps(keras.utils.PyDataset):
         def __init__(self, first, length):

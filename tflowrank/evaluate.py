@@ -3,6 +3,7 @@
 import numpy as np
 
 from ._io import input_path
+from .tflite_model import inspect_tflite
 
 __all__ = ["evaluate_tflite", "predict_tflite"]
 
@@ -18,11 +19,48 @@ def class_labels(y):
     return y.reshape(len(y))
 
 
-def predicted_classes(outputs):
-    """Class indices of a classifier's outputs ``(N, C)``: the argmax; one output ``(N, 1)``: a
-    probability (a sigmoid's), class 1 above 0.5."""
+def predicted_classes(outputs, logit=False):
+    """Class indices of a classifier's outputs ``(N, C)``: the argmax. One output ``(N, 1)``:
+    class 1 above 0.5, a sigmoid's probability, or above 0 with ``logit=True``."""
     outputs = np.asarray(outputs).reshape(len(outputs), -1)
-    return (outputs[:, 0] > 0.5).astype(np.int64) if outputs.shape[1] == 1 else outputs.argmax(-1)
+    if outputs.shape[1] > 1:
+        return outputs.argmax(-1)
+    return (outputs[:, 0] > (0.0 if logit else 0.5)).astype(np.int64)
+
+
+def output_activation(model):
+    """The name of the activation the Keras ``model``'s (first) output ends in (``"softmax"``,
+    ``"sigmoid"``, ``"linear"``, ...), looking into nested models; None if its last layer has
+    none (a Lambda, a custom layer)."""
+    layer = model
+    while getattr(layer, "outputs", None):
+        history = getattr(layer.outputs[0], "_keras_history", None)
+        if history is None:
+            break
+        layer = history.operation
+    if type(layer).__name__ == "Softmax":
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", None) if callable(activation) else None
+
+
+def one_logit(model):
+    """Whether a one-output Keras classifier puts out a logit (class 1 above 0) rather than a
+    probability (above 0.5): by the activation it ends in (none: a logit, sigmoid: a
+    probability), else by its compiled loss's ``from_logits``, else a probability."""
+    activation = output_activation(model)
+    if activation in ("linear", "sigmoid"):
+        return activation == "linear"
+    loss = getattr(model, "loss", None)
+    return bool(getattr(loss, "from_logits", False) or getattr(loss, "get_config", dict)().get("from_logits"))
+
+
+def _tflite_one_logit(info):
+    """Whether the .tflite model (``TfliteInfo``) puts out a logit: its last computing op is not
+    a LOGISTIC (the reshapes and (de)quantizations around an output do not count)."""
+    passive = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE"}
+    computing = [op.name for op in info.op_list if op.name not in passive]
+    return not computing or computing[-1] != "LOGISTIC"
 
 
 def evaluate_tflite(path, x, y=None, batch_size=256):
@@ -31,8 +69,9 @@ def evaluate_tflite(path, x, y=None, batch_size=256):
     ``x`` is passed as the model expects it (no rescaling); it is cast to float32 and quantized
     with the input scale / zero point when the model input is int8 or uint8. If ``x`` lacks the
     trailing channel axis of a one-channel input, it is added. ``y`` holds int labels ``(N,)`` or
-    one-hot rows ``(N, C)``; a model with one output is read as a probability (class 1 above
-    0.5) against labels 0 / 1 of shape ``(N,)`` or ``(N, 1)``. Batches of ``batch_size`` are
+    one-hot rows ``(N, C)``. A model with one output is scored against labels 0 / 1 of shape
+    ``(N,)`` or ``(N, 1)``: class 1 above 0.5 if it ends in a sigmoid (a LOGISTIC op), else
+    above 0 (a logit). Batches of ``batch_size`` are
     used when the model can be resized to them; otherwise samples run one by one.
 
     ``x`` may instead be a ``tf.data.Dataset`` of ``(x, y)`` pairs, batched or not (unbatched
@@ -55,7 +94,10 @@ def evaluate_tflite(path, x, y=None, batch_size=256):
             f"`x` and `y` must have the same length. Received: len(x)={len(x)}, len(y)={len(y)}"
         )
     labels = class_labels(y)
-    return float(np.mean(predicted_classes(predict_tflite(path, x, batch_size=batch_size)) == labels))
+    predict = _Predictor(path, batch_size)
+    if len(x) == 0:
+        raise ValueError("`x` is empty. Received: len(x)=0")
+    return float(np.mean(predicted_classes(predict(x), predict.logit) == labels))
 
 
 def _evaluate_dataset(path, dataset, batch_size):
@@ -72,7 +114,7 @@ def _evaluate_dataset(path, dataset, batch_size):
         if len(bx) != len(by):
             raise ValueError(f"A batch of `x` holds {len(bx)} inputs but {len(by)} labels. "
                              f"Received: x with shape {bx.shape}, y with shape {by.shape}")
-        correct += int(np.sum(predicted_classes(predict(bx)) == class_labels(by)))
+        correct += int(np.sum(predicted_classes(predict(bx), predict.logit) == class_labels(by)))
         total += len(bx)
     if not total:
         raise ValueError("`x` is empty: the dataset yielded no element. Received: an empty tf.data.Dataset")
@@ -117,6 +159,7 @@ class _Predictor:
             )
         self.sample_shape = tuple(int(d) for d in details[0]["shape"][1:])
         self.runner = None
+        self.logit = _tflite_one_logit(inspect_tflite(self.path))  # how one output is read
 
     def is_sample(self, shape):
         """Whether ``shape`` is one input's (with or without the channel axis of a one-channel

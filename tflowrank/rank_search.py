@@ -362,7 +362,9 @@ def _measured_ranks(call, cls, original, candidates):
 # -- measuring --------------------------------------------------------------------------------------
 
 def _measure(model, sites, x, y, eval_fn, batch_size, progress, refit):
-    scorer = eval_fn if eval_fn is not None else _accuracy_scorer(x, y, batch_size)
+    from .evaluate import one_logit
+
+    scorer = eval_fn if eval_fn is not None else _accuracy_scorer(x, y, batch_size, one_logit(model))
     total = sum(len(measured) for site in sites for _, measured in site.methods.values())
     bar = _Progress(total, progress)
     baseline = float(scorer(model))
@@ -463,8 +465,9 @@ def _moments(model, layer, x):
     return moments
 
 
-def _accuracy_scorer(x, y, batch_size):
-    """``model -> top-1 accuracy on (x, y)``; one traced forward pass per model."""
+def _accuracy_scorer(x, y, batch_size, logit=False):
+    """``model -> top-1 accuracy on (x, y)``; one traced forward pass per model. ``logit``: how
+    one output is read (``evaluate.predicted_classes``), the input model's way."""
     import tensorflow as tf
 
     from .evaluate import class_labels, predicted_classes
@@ -482,7 +485,7 @@ def _accuracy_scorer(x, y, batch_size):
         if outputs.ndim != 2:
             raise ValueError("Accuracy needs a model output of shape (N, classes); pass eval_fn= for "
                              f"other models. Received: an output of shape {outputs.shape}")
-        return float(np.mean(predicted_classes(outputs) == labels))
+        return float(np.mean(predicted_classes(outputs, logit) == labels))
 
     return score
 
