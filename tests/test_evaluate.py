@@ -214,6 +214,7 @@ def test_one_output_is_read_as_a_logit_or_a_probability(tmp_path):
     assert (output_activation(logits), output_activation(nested), output_activation(lambda_sigmoid)) \
         == ("linear", "sigmoid", None)
     assert one_logit(logits) and not one_logit(sigmoid) and not one_logit(nested)
+    assert not one_logit(keras.Model(inputs, keras.layers.Dense(3)(inputs)))  # class scores
     assert not one_logit(lambda_sigmoid)  # unknown: a probability, unless the loss says logits
     lambda_sigmoid.compile(loss=keras.losses.BinaryCrossentropy(from_logits=True))
     assert one_logit(lambda_sigmoid)

@@ -127,8 +127,13 @@ def _parser():
                                         "profile a .keras classifier; write a report folder")
     p.add_argument("model", help="a trained .keras classifier")
     p.add_argument("--data", required=True,
-                   help="'fashion-mnist', or a .npz file with x_train, y_train, x_val, y_val "
-                        "(x_test, y_test are accepted for the validation pair)")
+                   help="'fashion-mnist'; a .npz file with x_train, y_train, x_val, y_val "
+                        "(x_test, y_test are accepted for the validation pair); or a folder of "
+                        "images, one subfolder per class, under train/ and val/ (or validation/, "
+                        "test/), or with --val-split; pixels come as float32 in [0, 255]")
+    p.add_argument("--val-split", type=float, default=None, metavar="FRACTION",
+                   help="with --data FOLDER of class folders: hold out this fraction of the images "
+                        "(drawn with --seed) for validation")
     p.add_argument("--target", type=float, required=True,
                    help="fraction of the original cost to keep, in (0, 1]")
     p.add_argument("--cost", default="macs", choices=["macs", "params", "latency"])
@@ -166,8 +171,12 @@ def _parser():
     p.add_argument("--repeats", type=int, default=5,
                    help="rounds timing the baseline and the compressed model, each in a fresh "
                         "process (default 5)")
-    p.add_argument("--train-samples", type=int, help="use only the first N training samples")
-    p.add_argument("--val-samples", type=int, help="use only the first N validation samples")
+    p.add_argument("--train-samples", type=int,
+                   help="use only the first N training samples (of an image folder: N files drawn "
+                        "with --seed)")
+    p.add_argument("--val-samples", type=int,
+                   help="use only the first N validation samples (of an image folder: N files "
+                        "drawn with --seed)")
     p.set_defaults(run=_compress)
 
     p = sub.add_parser("demo", help="tflowrank compress on the shipped Fashion-MNIST CNN")
@@ -393,14 +402,26 @@ def _compress(args):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise _Failure(f"--{name.replace('_', '-')} must be at least 1; received {value}.")
-    train, val = _labelled(args.data)
-    train = tuple(a[:args.train_samples] for a in train)
-    val = tuple(a[:args.val_samples] for a in val)
+    model = _load(args.model)
+    if Path(args.data).is_dir():
+        from .image_folders import image_folders
+
+        train, val, classes = image_folders(args.data, model, val_split=args.val_split, seed=args.seed,
+                                            train_samples=args.train_samples,
+                                            val_samples=args.val_samples)
+        print(f"tflowrank compress: {len(classes)} classes in '{args.data}': {', '.join(classes)}",
+              file=sys.stderr)
+    else:
+        if args.val_split is not None:
+            raise _Failure(f"--val-split is for --data FOLDER (images); received --data {args.data} "
+                           f"and --val-split {args.val_split}.")
+        train, val = _labelled(args.data)
+        train = tuple(a[:args.train_samples] for a in train)
+        val = tuple(a[:args.val_samples] for a in val)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     fallback = args.qat_float_fallback
     fallback = (False if fallback is None else True if fallback == "all"
                 else [name.strip() for name in fallback.split(",") if name.strip()])
-    model = _load(args.model)
     result = compress(model, train, val, args.target, cost=args.cost, finetune_epochs=args.epochs,
                       qat=not args.no_qat, qat_float_fallback=fallback, refit=not args.no_refit,
                       output_dir=args.output,

@@ -45,9 +45,12 @@ def output_activation(model):
 
 
 def one_logit(model):
-    """Whether a one-output Keras classifier puts out a logit (class 1 above 0) rather than a
-    probability (above 0.5): by the activation it ends in (none: a logit, sigmoid: a
-    probability), else by its compiled loss's ``from_logits``, else a probability."""
+    """Whether a Keras classifier puts out one logit (class 1 above 0) rather than one
+    probability (above 0.5) or class scores (False): by the activation it ends in (none: a
+    logit, sigmoid: a probability), else by its compiled loss's ``from_logits``, else a
+    probability."""
+    if tuple(model.outputs[0].shape)[-1:] != (1,):
+        return False
     activation = output_activation(model)
     if activation in ("linear", "sigmoid"):
         return activation == "linear"
