@@ -385,3 +385,39 @@ def test_a_rescaling_with_an_offset_exports_as_int8_mul_then_add(tmp_path):
     assert inspect_tflite(result.path).is_fully_int8 and result.ops["MUL"] == result.ops["ADD"] == 1
     np.testing.assert_allclose(_tflite_logits(result.path, x[:16]), qat_model.predict(x[:16], verbose=0),
                                atol=1e-5)
+
+
+@pytest.mark.slow
+def test_swish_gelu_leaky_relu_and_multiply_export_as_their_int8_ops(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="hard_swish", name="hard_swish")(inputs)
+    x = keras.layers.Activation("gelu", name="gelu")(keras.layers.Conv2D(8, 3, padding="same")(x))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="silu", name="swish_conv")(x)
+    x = keras.layers.Activation("swish", name="swish")(keras.layers.Conv2D(8, 1)(x))
+    excite = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)  # a squeeze-and-excite gate
+    excite = keras.layers.Conv2D(8, 1, activation="sigmoid", name="gate")(excite)
+    x = keras.layers.Multiply(name="excite")([x, excite])
+    x = keras.layers.LeakyReLU(0.1, name="leaky")(keras.layers.Conv2D(8, 1)(x))
+    x = keras.layers.Dense(8, activation="leaky_relu", name="leaky_dense")(x)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="head")(keras.layers.GlobalAveragePooling2D()(x)))
+    qat_model = tflowrank.quantize_aware(model)
+    names = [layer.name for layer in qat_model.layers]
+    # silu as TFLite runs it: the conv's own range, a LOGISTIC of fixed range, a MUL with its own
+    for name in ("swish_conv_linear_quant", "swish_conv_sigmoid_quant", "swish_conv_mul", "swish_conv_quant",
+                 "swish_sigmoid_quant", "swish_mul", "swish_quant", "hard_swish_linear_quant",
+                 "hard_swish_quant", "gelu_quant", "excite_quant", "leaky_quant", "leaky_dense_quant"):
+        assert name in names
+    assert qat_model.get_layer("swish_conv_sigmoid_quant").fixed_range == (0.0, 255 / 256)
+    x = np.random.default_rng(0).normal(size=(128, 8, 8, 3)).astype("float32")
+    qat_model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat_model.fit(x, np.random.default_rng(1).integers(0, 4, 128), batch_size=32, epochs=2, verbose=0)
+    result = tflowrank.export_tflite(qat_model, tmp_path / "activations.tflite")
+    assert inspect_tflite(result.path).is_fully_int8
+    assert (result.ops["HARD_SWISH"], result.ops["GELU"], result.ops["LEAKY_RELU"]) == (1, 1, 2)
+    assert result.ops["LOGISTIC"] == 3 and result.ops["MUL"] == 3  # two silu and the gate
+    # TFLite's int8 kernels round as the fake quantization does: the outputs, after eight int8
+    # ops of their own, are within two steps of the output's int8 scale (one here), most equal
+    low, high = (float(v) for v in qat_model.get_layer("head_quant").quantization_range())
+    steps = np.abs(_tflite_logits(result.path, x[:32]) - qat_model.predict(x[:32], verbose=0)) / ((high - low) / 255)
+    assert steps.max() <= 2.01 and steps.mean() < 0.5

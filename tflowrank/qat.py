@@ -10,9 +10,10 @@ The copy is rebuilt node by node from the model's graph (nested models are inlin
   layer's intermediate tensors get their own activation ranges); a SeparableConv2D is split into
   its depthwise and pointwise convolutions with a range between them, as TFLite runs it;
 - an ``ActivationQuantizer`` follows every model input and every tensor TFLite stores with its own
-  scale: outputs of weighted layers, Add, Concatenate, global average pooling, a Rescaling
-  (and, for one with an offset, between its scale and its offset: TFLite's MUL and ADD) and
-  activations.
+  scale: outputs of weighted layers, Add, Multiply, Concatenate, global average pooling, a
+  Rescaling (and, for one with an offset, between its scale and its offset: TFLite's MUL and
+  ADD) and activations. An activation TFLite runs as op(s) of its own (sigmoid, tanh, softmax,
+  hard_silu, gelu, leaky_relu, silu as LOGISTIC then MUL) follows its layer's own range.
   A weighted layer or Add whose only consumer is a ReLU / ReLU6 gets no range of its own (TFLite
   fuses the activation), and max pooling, average pooling, Flatten, Reshape, ZeroPadding2D and
   Dropout keep the scale of their input, as TFLite requires.
@@ -30,7 +31,7 @@ __all__ = ["quantize_aware"]
 _WEIGHTED = ("Conv2D", "DepthwiseConv2D", "Dense", "SeparableConv2D")
 _KEEP_SCALE = ("MaxPooling2D", "AveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape",
                "ZeroPadding2D", "Dropout", "InputLayer")
-_RESCALE = ("Add", "Concatenate", "GlobalAveragePooling2D", "Rescaling")
+_RESCALE = ("Add", "Concatenate", "GlobalAveragePooling2D", "Rescaling", "Multiply")
 _FUSABLE_INTO = ("weighted", "Add")
 _FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
 # activations TFLite runs as their own int8 op with a fixed output scale (SOFTMAX and LOGISTIC:
@@ -38,6 +39,11 @@ _FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
 # weighted layer's activation
 _FIXED_RANGE_ACTIVATIONS = {"softmax": (0.0, 255 / 256), "sigmoid": (0.0, 255 / 256),
                             "tanh": (-1.0, 127 / 128)}
+# activations TFLite runs as their own int8 op with a range of its own: HARD_SWISH, GELU,
+# LEAKY_RELU (Keras's default slope, 0.2)
+_OWN_RANGE_ACTIVATIONS = ("hard_silu", "gelu", "leaky_relu")
+# silu (swish) runs as x * sigmoid(x): an int8 LOGISTIC (fixed range), then an int8 MUL
+_SPLIT_ACTIVATIONS = (*_FIXED_RANGE_ACTIVATIONS, *_OWN_RANGE_ACTIVATIONS, "silu")
 
 
 def quantize_aware(model, float_fallback=False, ema_decay=0.99):
@@ -161,6 +167,10 @@ class _Builder:
             return "linear" if self._activation_name(layer) == "linear" else "activation"
         if self._fixed_activation(layer) is not None:
             return "fixed"
+        if name == "LeakyReLU":
+            return "own"
+        if name == "Activation" and self._fn_name(layer.activation, (*_OWN_RANGE_ACTIVATIONS, "silu")):
+            return "silu" if self._fn_name(layer.activation, ("silu",)) else "own"
         if name == "BatchNormalization":
             return "bn"
         return None
@@ -175,9 +185,18 @@ class _Builder:
         return self._fn_name(layer.activation)
 
     @staticmethod
-    def _fn_name(fn):
+    def _fn_name(fn, names=_FUSED_ACTIVATIONS):
+        """The name of the activation ``fn`` if it is one of ``names``, else None."""
         name = getattr(fn, "__name__", None) if fn is not None else "linear"
-        return name if name in _FUSED_ACTIVATIONS else None
+        return name if name in names else None
+
+    def _split_activation(self, layer):
+        """The activation a weighted ``layer`` applies that TFLite runs as op(s) of its own after
+        the layer's int8 output (sigmoid, tanh, softmax, hard_silu, gelu, leaky_relu, silu), else
+        None."""
+        if self.kind(layer) != "weighted" or type(layer).__name__ == "SeparableConv2D":
+            return None
+        return self._fn_name(getattr(layer, "activation", None), _SPLIT_ACTIVATIONS)
 
     def _fixed_activation(self, layer):
         """softmax / sigmoid / tanh for a layer applying one that TFLite runs as its own
@@ -208,10 +227,10 @@ class _Builder:
             return f"groups={layer.groups} (only 1)"
         if getattr(layer, "quantization_mode", None):
             return f"already quantized by Keras (quantization_mode={layer.quantization_mode!r})"
-        if self._fn_name(layer.activation) is None and self._fixed_activation(layer) is None:
+        if self._fn_name(layer.activation) is None and self._split_activation(layer) is None:
             return (f"activation {getattr(layer.activation, '__name__', layer.activation)!r} "
                     f"(only {', '.join(_FUSED_ACTIVATIONS)} fuse into an int8 {name}, and "
-                    f"{', '.join(_FIXED_RANGE_ACTIVATIONS)} run as their own op after it)")
+                    f"{', '.join(_SPLIT_ACTIVATIONS)} run as their own ops after it)")
         return None
 
     def check(self, model):
@@ -313,19 +332,31 @@ class _Builder:
                 args = (self.quantizer(f"{op.name}_scale_quant")(scale(*args, **kwargs)),)
                 kwargs = {}
                 op = self.keras.layers.Rescaling(1.0, op.offset, name=self.unique(op.name))
-            outputs = self.convert(op, folds.bn_of.get(id(op)))(*args, **kwargs)
-            fixed = self._fixed_activation(op)
-            if fixed and self.kind(op) == "weighted" and op.name not in self.fallback:
-                # TFLite splits it: the layer's int8 output, then the activation's own op
+            native = op.name not in self.fallback
+            if native and self.kind(op) == "silu":
+                outputs = self._silu(op.name, args[0])
+            else:
+                outputs = self.convert(op, folds.bn_of.get(id(op)))(*args, **kwargs)
+            split = self._split_activation(op) if native else None
+            if split:  # TFLite splits it: the layer's int8 output, then the activation's op(s)
                 outputs = self.quantizer(f"{op.name}_linear_quant")(outputs)
-                outputs = self.keras.layers.Activation(fixed, name=self.unique(f"{op.name}_{fixed}"))(outputs)
+                outputs = self._silu(op.name, outputs) if split == "silu" else self.keras.layers.Activation(
+                    op.activation, name=self.unique(f"{op.name}_{split}"))(outputs)
             if not self._needs_range(op, outputs, consumers, bn_output):
                 return outputs
-            if fixed and op.name not in self.fallback:
+            fixed = self._fixed_activation(op)
+            if fixed and native:
                 return self.quantizer(f"{op.name}_quant", _FIXED_RANGE_ACTIVATIONS[fixed])(outputs)
             return self.quantizer(f"{op.name}_quant")(outputs)
 
         return function._run_through_graph(inputs, call_fn=call)
+
+    def _silu(self, name, x):
+        """``x * sigmoid(x)`` as TFLite runs it: an int8 LOGISTIC with its fixed output range,
+        then a MUL (whose output range the caller adds)."""
+        sigmoid = self.keras.layers.Activation("sigmoid", name=self.unique(f"{name}_sigmoid"))(x)
+        sigmoid = self.quantizer(f"{name}_sigmoid_quant", _FIXED_RANGE_ACTIVATIONS["sigmoid"])(sigmoid)
+        return self.keras.layers.Multiply(name=self.unique(f"{name}_mul"))([x, sigmoid])
 
     def _needs_range(self, op, outputs, consumers, bn_output):
         kind = "fallback" if op.name in self.fallback else self.kind(op)
@@ -351,7 +382,7 @@ class _Builder:
             new = self._separable(layer)
         else:
             copy = _fold(self.keras, layer, bn) if bn else _copy(layer)
-            if self._fixed_activation(layer):  # applied after the layer's own range (run)
+            if self._split_activation(layer):  # applied after the layer's own range (run)
                 copy.activation = self.keras.activations.get("linear")
             new = self.q.QuantizedLayer(copy, self.ema_decay)
         self.converted[id(layer)] = new
