@@ -87,6 +87,20 @@ def test_full_rank_reproduces_the_model_and_leaves_it_untouched(model, batch, me
     assert isinstance(new.get_layer("inner"), keras.Sequential)  # nesting kept
 
 
+def test_an_adapted_normalization_is_copied_with_its_statistics():
+    x = np.random.default_rng(0).random((32, 8, 8, 3)).astype("float32") * [255, 30, 1]
+    inputs = keras.Input((8, 8, 3))
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(x)  # its mean and variance live in weights that only finalize_state reads
+    hidden = keras.layers.Conv2D(8, 3, name="conv")(norm(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.Flatten()(hidden)))
+    new = factorize(model, "svd", rank=2, layers=["head"])
+    normalized = keras.Model(new.inputs, new.get_layer("norm").output)(x)
+    np.testing.assert_allclose(np.asarray(normalized), np.asarray(norm(x)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(new.get_layer("conv")(normalized)),
+                               np.asarray(model.get_layer("conv")(norm(x))), atol=1e-4)
+
+
 def test_training_the_factorized_copy_does_not_touch_the_original(model, batch):
     weights_before, _ = _snapshot(model)
     new = factorize(model, "svd", rank=0.5)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-__all__ = ["LayerCall", "check_model", "input_probe", "layer_calls", "linear_responses", "rewrite"]
+__all__ = ["LayerCall", "check_model", "copy_weights", "input_probe", "layer_calls", "linear_responses",
+           "rewrite"]
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,18 @@ def rewrite(model, replacements):
     if not new_model.built:
         new_model.build(model.input_shape)
     for old, new in copies:
-        new.set_weights(old.get_weights())
+        copy_weights(old, new)
     return new_model
+
+
+def copy_weights(old, new):
+    """Give ``new`` (built, of ``old``'s config) a copy of ``old``'s weights. A preprocessing
+    layer's adapted state (a Normalization's mean and variance) is read from its weights only
+    by ``finalize_state``, as Keras does when it loads a model: without it the copy would
+    normalize with its initial values."""
+    new.set_weights(old.get_weights())
+    if hasattr(new, "finalize_state"):
+        new.finalize_state()
 
 
 def input_probe(model, name):
