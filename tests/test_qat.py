@@ -421,3 +421,35 @@ def test_swish_gelu_leaky_relu_and_multiply_export_as_their_int8_ops(tmp_path):
     low, high = (float(v) for v in qat_model.get_layer("head_quant").quantization_range())
     steps = np.abs(_tflite_logits(result.path, x[:32]) - qat_model.predict(x[:32], verbose=0)) / ((high - low) / 255)
     assert steps.max() <= 2.01 and steps.mean() < 0.5
+
+
+@pytest.mark.slow
+def test_a_normalization_exports_as_int8_mul_then_add_with_the_converters_constants(tmp_path):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = (rng.random((256, 8, 8, 3)) * [255, 128, 30] + [0, 50, 100]).astype("float32")  # unlike scales
+    inputs = keras.Input((8, 8, 3))
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(x)
+    hidden = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(norm(inputs))
+    hidden = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="head")(keras.layers.GlobalAveragePooling2D()(hidden)))
+    qat_model = tflowrank.quantize_aware(model)
+    names = [layer.name for layer in qat_model.layers]
+    assert "norm_scale_quant" in names and "norm_quant" in names
+    # the per-channel constants as TFLite stores them: int8 over [0, max] and [min, 0]
+    scale = np.asarray(qat_model.get_layer("norm_scale").scale)
+    step = scale.max() / 255
+    np.testing.assert_allclose(scale / step, np.round(scale / step), atol=1e-6)
+    np.testing.assert_allclose(scale, 1 / np.sqrt(np.asarray(norm.variance).reshape(-1)), atol=step / 2)
+    qat_model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat_model.fit(x, rng.integers(0, 4, 256), batch_size=32, epochs=2, verbose=0)
+    result = tflowrank.export_tflite(qat_model, tmp_path / "normalized.tflite")
+    assert inspect_tflite(result.path).is_fully_int8 and result.ops["MUL"] == result.ops["ADD"] == 1
+    low, high = (float(v) for v in qat_model.get_layer("head_quant").quantization_range())
+    steps = np.abs(_tflite_logits(result.path, x[:64]) - qat_model.predict(x[:64], verbose=0)) / ((high - low) / 255)
+    assert steps.max() <= 1.01 and steps.mean() < 0.1  # float constants instead: 5 steps, mean 1.4
+    inverted = keras.Model(inputs, keras.layers.Normalization(mean=1.0, variance=4.0, invert=True,
+                                                              name="denorm")(inputs))
+    with pytest.raises(ValueError, match=r"'denorm' \(Normalization: invert=True"):
+        tflowrank.quantize_aware(inverted)

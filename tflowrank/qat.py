@@ -11,8 +11,9 @@ The copy is rebuilt node by node from the model's graph (nested models are inlin
   its depthwise and pointwise convolutions with a range between them, as TFLite runs it;
 - an ``ActivationQuantizer`` follows every model input and every tensor TFLite stores with its own
   scale: outputs of weighted layers, Add, Multiply, Concatenate, global average pooling, a
-  Rescaling (and, for one with an offset, between its scale and its offset: TFLite's MUL and
-  ADD) and activations. An activation TFLite runs as op(s) of its own (sigmoid, tanh, softmax,
+  Rescaling or Normalization (and, for one with an offset, between its scale and its offset:
+  TFLite's MUL and ADD, whose per-channel constants are quantized as the converter does) and
+  activations. An activation TFLite runs as op(s) of its own (sigmoid, tanh, softmax,
   hard_silu, gelu, leaky_relu, silu as LOGISTIC then MUL) follows its layer's own range.
   A weighted layer or Add whose only consumer is a ReLU / ReLU6 gets no range of its own (TFLite
   fuses the activation), and max pooling, average pooling, Flatten, Reshape, ZeroPadding2D and
@@ -31,7 +32,7 @@ __all__ = ["quantize_aware"]
 _WEIGHTED = ("Conv2D", "DepthwiseConv2D", "Dense", "SeparableConv2D")
 _KEEP_SCALE = ("MaxPooling2D", "AveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape",
                "ZeroPadding2D", "Dropout", "InputLayer")
-_RESCALE = ("Add", "Concatenate", "GlobalAveragePooling2D", "Rescaling", "Multiply")
+_RESCALE = ("Add", "Concatenate", "GlobalAveragePooling2D", "Rescaling", "Normalization", "Multiply")
 _FUSABLE_INTO = ("weighted", "Add")
 _FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
 # activations TFLite runs as their own int8 op with a fixed output scale (SOFTMAX and LOGISTIC:
@@ -114,9 +115,40 @@ def _unsupported(builder, model, float_fallback):
     return unsupported
 
 
-def _offset(layer):
-    """Whether a Rescaling layer adds an offset after its scale."""
-    return bool(np.any(np.asarray(layer.offset) != 0))
+def _affine(layer):
+    """``(scale, offset)`` of a Rescaling or Normalization layer as TFLite's constants hold them
+    (``_as_int8_constant``): a float or a per-channel list each; offset None if it is zero."""
+    if type(layer).__name__ == "Normalization":
+        mean, variance = (np.asarray(v, np.float64) for v in (layer.mean, layer.variance))
+        std = np.maximum(np.sqrt(variance), _keras_epsilon())
+        scale, offset = 1.0 / std, -mean / std  # Keras: (x - mean) / max(sqrt(var), epsilon)
+    else:
+        scale, offset = (np.asarray(v, np.float64) for v in (layer.scale, layer.offset))
+    scale, offset = _as_int8_constant(scale), _as_int8_constant(offset)
+    return scale, (offset if np.any(np.asarray(offset) != 0) else None)
+
+
+def _keras_epsilon():
+    from ._backend import require_tensorflow
+
+    keras, _ = require_tensorflow()
+    return keras.backend.epsilon()
+
+
+def _as_int8_constant(values):
+    """``values`` (one per channel, or one) as the TFLite converter stores a MUL's or an ADD's
+    constant: one value exactly (the end of its own range); several quantized to int8 per tensor
+    over ``[min(values, 0), max(values, 0)]`` (256 levels, zero exact), then back to floats."""
+    values = np.asarray(values, np.float64).reshape(-1)
+    if values.size == 1:
+        return float(values[0])
+    low, high = min(values.min(), 0.0), max(values.max(), 0.0)
+    if high == low:
+        return [0.0] * values.size
+    step = (high - low) / 255
+    zero = np.round(-low / step)
+    levels = np.clip(np.round(values / step) + zero, 0, 255)
+    return [float(v) for v in (levels - zero) * step]
 
 
 def _fallback_names(model, float_fallback):
@@ -218,6 +250,12 @@ class _Builder:
         kind = self.kind(layer)
         if kind is None:
             return "no int8 simulation for this layer type"
+        if kind == "Normalization":
+            if layer.invert:
+                return "invert=True (only the forward normalization)"
+            if any(d != 1 for d in np.shape(layer.mean)[:-1]):
+                return f"axis={layer.axis} (only the last axis, or none)"
+            return None
         if kind != "weighted":
             return None
         name = type(layer).__name__
@@ -326,12 +364,17 @@ class _Builder:
                 return self.run(op, list(self.keras.tree.flatten((args, kwargs))))
             if id(op) in folds.folded:
                 return args[0]  # the layer before already applies it
-            if self.kind(op) == "Rescaling" and _offset(op) and op.name not in self.fallback:
-                # TFLite runs it as MUL then ADD, each int8 with its own output range
-                scale = self.keras.layers.Rescaling(op.scale, name=self.unique(f"{op.name}_scale"))
-                args = (self.quantizer(f"{op.name}_scale_quant")(scale(*args, **kwargs)),)
-                kwargs = {}
-                op = self.keras.layers.Rescaling(1.0, op.offset, name=self.unique(op.name))
+            if self.kind(op) in ("Rescaling", "Normalization") and op.name not in self.fallback:
+                # x * scale + offset as TFLite runs it: a MUL, then (with an offset) an ADD, each
+                # int8 with its own output range, by constants quantized as the converter does
+                scale, offset = _affine(op)
+                if scale == 1.0 and offset is None:
+                    return args[0]  # the identity: TFLite drops it
+                if offset is not None:
+                    multiply = self.keras.layers.Rescaling(scale, name=self.unique(f"{op.name}_scale"))
+                    args = (self.quantizer(f"{op.name}_scale_quant")(multiply(*args, **kwargs)),)
+                    kwargs, scale = {}, 1.0
+                op = self.keras.layers.Rescaling(scale, offset or 0.0, name=self.unique(op.name))
             native = op.name not in self.fallback
             if native and self.kind(op) == "silu":
                 outputs = self._silu(op.name, args[0])
@@ -416,10 +459,12 @@ class _Builder:
 
 def _copy(layer):
     """A fresh layer with ``layer``'s config and a copy of its weights."""
+    from .graph import copy_weights
+
     new = layer.__class__.from_config(layer.get_config())
     if layer.built and layer.weights:
         new.build(_built_shape(layer))
-        new.set_weights(layer.get_weights())
+        copy_weights(layer, new)
     return new
 
 
