@@ -218,6 +218,7 @@ def test_one_output_is_read_as_a_logit_or_a_probability(tmp_path):
     assert not one_logit(lambda_sigmoid)  # unknown: a probability, unless the loss says logits
     lambda_sigmoid.compile(loss=keras.losses.BinaryCrossentropy(from_logits=True))
     assert one_logit(lambda_sigmoid)
+    assert output_activation(keras.Model(inputs, keras.ops.sigmoid(logits(inputs)))) == "sigmoid"
     # a .tflite file: a logit unless it ends in a LOGISTIC, whatever the Keras layer that made it
     x = np.random.default_rng(0).normal(size=(400, 6)).astype("float32")
     out = logits.predict(x, verbose=0)[:, 0]

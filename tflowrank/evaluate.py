@@ -38,8 +38,8 @@ def output_activation(model):
         if history is None:
             break
         layer = history.operation
-    if type(layer).__name__ == "Softmax":
-        return "softmax"
+    if type(layer).__name__ in ("Softmax", "Sigmoid"):  # a layer, or keras.ops applied to the output
+        return type(layer).__name__.lower()
     activation = getattr(layer, "activation", None)
     return getattr(activation, "__name__", None) if callable(activation) else None
 
@@ -54,8 +54,8 @@ def one_logit(model):
     activation = output_activation(model)
     if activation in ("linear", "sigmoid"):
         return activation == "linear"
-    loss = getattr(model, "loss", None)
-    return bool(getattr(loss, "from_logits", False) or getattr(loss, "get_config", dict)().get("from_logits"))
+    config = getattr(getattr(model, "loss", None), "get_config", dict)()  # a Keras Loss's
+    return bool(config.get("from_logits"))
 
 
 def _tflite_one_logit(info):
@@ -74,8 +74,8 @@ def evaluate_tflite(path, x, y=None, batch_size=256):
     trailing channel axis of a one-channel input, it is added. ``y`` holds int labels ``(N,)`` or
     one-hot rows ``(N, C)``. A model with one output is scored against labels 0 / 1 of shape
     ``(N,)`` or ``(N, 1)``: class 1 above 0.5 if it ends in a sigmoid (a LOGISTIC op), else
-    above 0 (a logit). Batches of ``batch_size`` are
-    used when the model can be resized to them; otherwise samples run one by one.
+    above 0 (a logit). Batches of ``batch_size`` are used when the model can be resized to
+    them; otherwise samples run one by one.
 
     ``x`` may instead be a ``tf.data.Dataset`` of ``(x, y)`` pairs, batched or not (unbatched
     ones are batched by ``batch_size``), with ``y`` None: it is read once, batch by batch, with

@@ -115,24 +115,18 @@ def _unsupported(builder, model, float_fallback):
     return unsupported
 
 
-def _affine(layer):
+def _affine(layer, epsilon):
     """``(scale, offset)`` of a Rescaling or Normalization layer as TFLite's constants hold them
-    (``_as_int8_constant``): a float or a per-channel list each; offset None if it is zero."""
+    (``_as_int8_constant``): a float or a per-channel list each; offset None if it is zero.
+    ``epsilon``: Keras's, the floor of a Normalization's standard deviation."""
     if type(layer).__name__ == "Normalization":
         mean, variance = (np.asarray(v, np.float64) for v in (layer.mean, layer.variance))
-        std = np.maximum(np.sqrt(variance), _keras_epsilon())
+        std = np.maximum(np.sqrt(variance), epsilon)
         scale, offset = 1.0 / std, -mean / std  # Keras: (x - mean) / max(sqrt(var), epsilon)
     else:
         scale, offset = (np.asarray(v, np.float64) for v in (layer.scale, layer.offset))
     scale, offset = _as_int8_constant(scale), _as_int8_constant(offset)
     return scale, (offset if np.any(np.asarray(offset) != 0) else None)
-
-
-def _keras_epsilon():
-    from ._backend import require_tensorflow
-
-    keras, _ = require_tensorflow()
-    return keras.backend.epsilon()
 
 
 def _as_int8_constant(values):
@@ -367,7 +361,7 @@ class _Builder:
             if self.kind(op) in ("Rescaling", "Normalization") and op.name not in self.fallback:
                 # x * scale + offset as TFLite runs it: a MUL, then (with an offset) an ADD, each
                 # int8 with its own output range, by constants quantized as the converter does
-                scale, offset = _affine(op)
+                scale, offset = _affine(op, self.keras.backend.epsilon())
                 if scale == 1.0 and offset is None:
                     return args[0]  # the identity: TFLite drops it
                 if offset is not None:
