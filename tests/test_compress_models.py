@@ -33,7 +33,7 @@ def _convs(inputs, *head):
 
 
 def _grouped():
-    """A model with a grouped convolution (one quantization-aware training does not cover)."""
+    """A model with a grouped convolution (one no factorization method takes)."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((12, 12, 3))
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="first")(inputs)
@@ -41,28 +41,38 @@ def _grouped():
     return keras.Model(inputs, keras.layers.Dense(4, name="head")(_convs(x)))
 
 
+def _upsampling():
+    """A model with a transposed convolution (one quantization-aware training does not cover,
+    which TFLite runs in int8)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="first")(inputs)
+    x = keras.layers.Conv2DTranspose(8, 3, strides=2, padding="same", activation="relu", name="upsample")(x)
+    return keras.Model(inputs, keras.layers.Dense(4, name="head")(_convs(x)))
+
+
 def test_a_layer_qat_does_not_cover_is_refused_before_any_work(tmp_path):
-    model = _grouped()
+    model = _upsampling()
     train, val = _data(model)
-    with pytest.raises(ValueError, match=r"qat=True trains .* does not cover these layers: 'grouped' "
-                                         r"\(Conv2D: groups=2 .*\)\. Pass qat_float_fallback=True .* or qat=False"):
+    with pytest.raises(ValueError, match=r"qat=True trains .* does not cover these layers: 'upsample' "
+                                         r"\(Conv2DTranspose: .*\)\. Pass qat_float_fallback=True .* or qat=False"):
         compress(model, train, val, 0.5, output_dir=tmp_path / "out", **CHEAP)
     assert not (tmp_path / "out").exists()
     with pytest.raises(TypeError, match=r"`qat_float_fallback` must be True, False or a list of layer "
-                                        r"names\. Received: qat_float_fallback='grouped'"):
-        compress(model, train, val, 0.5, qat_float_fallback="grouped", output_dir=tmp_path / "out", **CHEAP)
+                                        r"names\. Received: qat_float_fallback='upsample'"):
+        compress(model, train, val, 0.5, qat_float_fallback="upsample", output_dir=tmp_path / "out", **CHEAP)
 
 
 @pytest.mark.slow
 def test_qat_float_fallback_keeps_such_a_layer_in_float_and_exports_int8(tmp_path):
-    model = _grouped()
+    model = _upsampling()
     train, val = _data(model)
-    result = compress(model, train, val, 0.5, qat_float_fallback=["grouped"], output_dir=tmp_path / "out",
+    result = compress(model, train, val, 0.5, qat_float_fallback=["upsample"], output_dir=tmp_path / "out",
                       **CHEAP)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["settings"]["qat_float_fallback"] == ["grouped"] and "qat" in report["history"]
-    assert "grouped" not in {entry["layer"] for entry in report["layers"]}  # not factorized either
-    assert inspect_tflite(result.export.path).is_fully_int8
+    assert report["settings"]["qat_float_fallback"] == ["upsample"] and "qat" in report["history"]
+    assert "upsample" not in {entry["layer"] for entry in report["layers"]}  # not factorized either
+    assert result.export.ops["TRANSPOSE_CONV"] == 1 and inspect_tflite(result.export.path).is_fully_int8
     assert abs(result.tflite_accuracy - result.keras_accuracy) <= 2 / len(val[0])
 
 
@@ -192,18 +202,18 @@ def test_a_model_whose_cost_is_in_layers_no_method_factorizes_is_told_which():
 def test_cli_compress_takes_the_float_fallback(tmp_path, capsys):
     from tflowrank.cli import main
 
-    model = _grouped()
+    model = _upsampling()
     (x, y), (x_val, y_val) = _data(model)
-    model.save(tmp_path / "grouped.keras")
+    model.save(tmp_path / "upsampling.keras")
     np.savez(tmp_path / "data.npz", x_train=x, y_train=y, x_val=x_val, y_val=y_val)
-    args = ["compress", str(tmp_path / "grouped.keras"), "--data", str(tmp_path / "data.npz"),
+    args = ["compress", str(tmp_path / "upsampling.keras"), "--data", str(tmp_path / "data.npz"),
             "--target", "0.5", "--epochs", "1", "--candidates", "3", "--search-samples", "64",
             "--runs", "2", "--repeats", "1"]
     assert main([*args, "-o", str(tmp_path / "refused")]) == 2
-    assert "'grouped' (Conv2D: groups=2" in capsys.readouterr().err
-    assert main([*args, "-o", str(tmp_path / "out"), "--qat-float-fallback", "grouped"]) == 0
+    assert "'upsample' (Conv2DTranspose: no int8 simulation" in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "out"), "--qat-float-fallback", "upsample"]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["settings"]["qat_float_fallback"] == ["grouped"]
+    assert report["settings"]["qat_float_fallback"] == ["upsample"]
     assert inspect_tflite(tmp_path / "out" / "model_int8.tflite").is_fully_int8
 
 

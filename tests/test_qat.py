@@ -453,3 +453,25 @@ def test_a_normalization_exports_as_int8_mul_then_add_with_the_converters_consta
                                                               name="denorm")(inputs))
     with pytest.raises(ValueError, match=r"'denorm' \(Normalization: invert=True"):
         tflowrank.quantize_aware(inverted)
+
+
+@pytest.mark.slow
+def test_grouped_convolutions_quantize_per_output_channel_like_the_converter(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 4))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", groups=2, use_bias=False, name="grouped")(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="grouped_bn")(x))
+    x = keras.layers.Conv2D(16, 1, groups=4, name="grouped_pointwise")(x)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="head")(keras.layers.GlobalAveragePooling2D()(x)))
+    qat_model = tflowrank.quantize_aware(model)
+    assert isinstance(qat_model.get_layer("grouped"), quantizers.QuantizedLayer)
+    assert "grouped_bn" not in [layer.name for layer in qat_model.layers]  # folded, per output channel
+    x = np.random.default_rng(0).normal(size=(128, 8, 8, 4)).astype("float32")
+    qat_model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat_model.fit(x, np.random.default_rng(1).integers(0, 4, 128), batch_size=32, epochs=2, verbose=0)
+    result = tflowrank.export_tflite(qat_model, tmp_path / "grouped.tflite")
+    assert inspect_tflite(result.path).is_fully_int8 and result.ops["CONV_2D"] == 3
+    low, high = (float(v) for v in qat_model.get_layer("head_quant").quantization_range())
+    steps = np.abs(_tflite_logits(result.path, x[:64]) - qat_model.predict(x[:64], verbose=0)) / ((high - low) / 255)
+    assert steps.max() <= 1.01 and steps.mean() < 0.1
