@@ -163,7 +163,7 @@ _DEPTHWISE_FACTORS = {"CPConv2D": ("kernel_vertical", "kernel_horizontal")}
 class QuantizedLayer(keras.layers.Layer):
     """A weighted layer computing with int8 fake-quantized weights.
 
-    ``layer`` is a ``keras.layers.Conv2D`` (``groups=1``), ``DepthwiseConv2D``, ``Dense`` or a
+    ``layer`` is a ``keras.layers.Conv2D`` (grouped too), ``DepthwiseConv2D``, ``Dense`` or a
     tflowrank factorized layer; it holds the weights, this wrapper the quantization state. A
     factorized layer gets one ``ActivationQuantizer`` per intermediate tensor of its chain
     (``between``), through its ``_weight_quantizers`` / ``_between_quantizers`` hooks. The output
