@@ -146,3 +146,35 @@ def test_cli_compresses_a_model_trained_on_image_folders(split_folders, tmp_path
     assert main(["compress", str(tmp_path / "pets.keras"), "--data", str(split_folders), "--target", "0.5",
                  "-o", str(tmp_path / "out2"), "--val-split", "0.2"]) == 2
     assert "`val_split` is for a folder of class folders" in capsys.readouterr().err
+
+
+def test_calibration_images_come_from_anywhere_under_a_folder(split_folders, tmp_path):
+    from tflowrank.image_folders import calibration_images
+
+    model = _model()
+    images = calibration_images(split_folders, model, samples=20, seed=0)
+    assert images.shape == (20, 8, 8, 3) and images.dtype == np.float32 and images.max() <= 255
+    assert len({int(np.argmax(image.mean((0, 1)))) for image in images}) == 3  # every class's colour
+    everything = calibration_images(split_folders, model, samples=1000)
+    assert len(everything) == 42  # train and val, 14 images of each class
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for path in list((split_folders / "val" / "dog").iterdir())[:3]:
+        (flat / path.name).write_bytes(path.read_bytes())  # no class folders: any image counts
+    assert calibration_images(flat, model).shape == (3, 8, 8, 3)
+    with pytest.raises(ValueError, match=r"`samples` must be a positive integer. Received: samples=0"):
+        calibration_images(flat, model, samples=0)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match=r"Could not read images from '.*none': No images found"):
+        calibration_images(tmp_path / "none", model)
+
+
+def test_cli_export_calibrates_on_a_folder_of_images(split_folders, tmp_path, capsys):
+    from tflowrank.cli import main
+    from tflowrank.tflite_model import inspect_tflite
+
+    _model().save(tmp_path / "pets.keras")
+    status = main(["export", str(tmp_path / "pets.keras"), "-o", str(tmp_path / "pets.tflite"),
+                   "--data", str(split_folders / "train")])
+    assert status == 0, capsys.readouterr().err
+    assert inspect_tflite(tmp_path / "pets.tflite").is_fully_int8

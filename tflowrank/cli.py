@@ -68,7 +68,8 @@ def _parser():
     p.add_argument("--layers", help="comma-separated layer names (default: every eligible layer)")
     p.add_argument("--multiple-of", type=int, default=1, help="round ranks up to a multiple")
     p.add_argument("--data", help="calibration inputs for --method output: a .npy or .npz file, "
-                                  "or 'fashion-mnist'")
+                                  "a folder of images (500 drawn from anywhere under it, float32 "
+                                  "pixels in [0, 255]) or 'fashion-mnist'")
     p.set_defaults(run=_factorize)
 
     p = sub.add_parser("export", help="convert a .keras model to .tflite")
@@ -76,7 +77,8 @@ def _parser():
     p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
     p.add_argument("--quantize", default="int8", choices=["int8", "dynamic", "float16", "none"])
     p.add_argument("--data", help="calibration inputs for int8: a .npy file, a .npz file (its "
-                                  "'x' array or first array), or 'fashion-mnist'")
+                                  "'x' array or first array), a folder of images (500 drawn from "
+                                  "anywhere under it, float32 pixels in [0, 255]) or 'fashion-mnist'")
     p.add_argument("--int8-io", action="store_true", help="int8 model input and output")
     p.add_argument("--c-array", metavar="FILE.cc",
                    help="also write the model as a C++ array for TFLite Micro (FILE.cc and FILE.h)")
@@ -251,7 +253,7 @@ def _factorize(args):
         raise _Failure(f"--output must end in .keras; received '{output}'.")
     model = _load(args.model)
     layers = [n.strip() for n in args.layers.split(",")] if args.layers else None
-    data = _calibration(args.data) if args.data else None
+    data = _calibration(args.data, model) if args.data else None
     rank = parse_rank(args.rank) if args.rank is not None else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -271,9 +273,13 @@ def _factorize(args):
     print(f"wrote {output}")
 
 
-def _calibration(spec):
+def _calibration(spec, model):
     import numpy as np
 
+    if Path(spec).is_dir():
+        from .image_folders import calibration_images
+
+        return calibration_images(spec, model)
     if spec == "fashion-mnist":
         from .datasets import fashion_mnist
         from .zoo import prepare_images
@@ -320,7 +326,7 @@ def _export(args):
     if args.c_array and Path(args.c_array).suffix not in (".cc", ".cpp", ".cxx"):
         raise _Failure(f"--c-array must end in .cc, .cpp or .cxx; received '{args.c_array}'.")
     model = _load(args.model)
-    data = _calibration(args.data) if args.data else None
+    data = _calibration(args.data, model) if args.data else None
     result = export_tflite(model, args.output, quantize=quantize, representative_data=data,
                            int8_io=args.int8_io)
     print(result)

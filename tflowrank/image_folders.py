@@ -17,7 +17,7 @@ the same classes, as many as the model has outputs (two for one output).
 
 from pathlib import Path
 
-__all__ = ["image_folders"]
+__all__ = ["calibration_images", "image_folders"]
 
 VAL_FOLDERS = ("val", "validation", "test")
 _CHANNELS = {1: "grayscale", 3: "rgb", 4: "rgba"}
@@ -82,6 +82,30 @@ def image_folders(path, model, val_split=None, seed=0, train_samples=None, val_s
             classes)
 
 
+def calibration_images(path, model, samples=500, seed=0):
+    """Up to ``samples`` images from anywhere under the folder ``path`` (class folders or not),
+    drawn with ``seed``, decoded and resized for ``model``'s input as ``image_folders`` does: a
+    float32 array ``(N, height, width, channels)`` of pixels in ``[0, 255]``, for int8
+    calibration or the ``"output"`` method.
+
+    Raises:
+        ValueError: ``path`` is not a folder or holds no image, ``samples`` is not a positive
+            integer, the model's input is not an image's.
+    """
+    import numpy as np
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"`path` must be a folder of images. Received: path={str(path)!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"`samples` must be a positive integer. Received: samples={samples!r}")
+    image = _image_shape(model)
+    paths = _listed(folder, image, labels=None).file_paths
+    paths = np.array(paths)[np.random.default_rng(seed).permutation(len(paths))]
+    images = _dataset((paths, np.zeros(len(paths), np.int32)), samples, image, None)
+    return np.stack([x for x, _ in images.as_numpy_iterator()])
+
+
 def _image_shape(model):
     shape = tuple(model.inputs[0].shape)
     if len(shape) != 4 or shape[-1] not in _CHANNELS or None in shape[1:]:
@@ -93,19 +117,26 @@ def _image_shape(model):
 def _files(folder, image):
     """``((paths, labels), class_names)`` of the images under ``folder``'s class folders, listed
     as ``keras.utils.image_dataset_from_directory`` lists them (its extensions and order)."""
-    import keras
     import numpy as np
 
-    try:
-        listed = keras.utils.image_dataset_from_directory(
-            str(folder), batch_size=None, image_size=image[:2], color_mode=_CHANNELS[image[2]],
-            shuffle=False, verbose=False)
-    except ValueError as error:  # "No images found in directory ..." and the like
-        raise ValueError(f"Could not read images from '{folder}': {error}") from error
+    listed = _listed(folder, image)
     classes = list(listed.class_names)
     paths = np.array(listed.file_paths)
     labels = np.array([classes.index(Path(p).relative_to(folder).parts[0]) for p in paths], np.int32)
     return (paths, labels), classes
+
+
+def _listed(folder, image, labels="inferred"):
+    """The unshuffled, unread dataset ``keras.utils.image_dataset_from_directory`` makes of
+    ``folder`` (its ``file_paths`` and ``class_names``)."""
+    import keras
+
+    try:
+        return keras.utils.image_dataset_from_directory(
+            str(folder), labels=labels, batch_size=None, image_size=image[:2],
+            color_mode=_CHANNELS[image[2]], shuffle=False, verbose=False)
+    except ValueError as error:  # "No images found in directory ..." and the like
+        raise ValueError(f"Could not read images from '{folder}': {error}") from error
 
 
 def _shuffled(files, rng):
