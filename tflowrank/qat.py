@@ -29,10 +29,12 @@ import numpy as np
 __all__ = ["quantize_aware"]
 
 # what each supported Keras layer class becomes
-_WEIGHTED = ("Conv2D", "DepthwiseConv2D", "Dense", "SeparableConv2D")
-_KEEP_SCALE = ("MaxPooling2D", "AveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape",
-               "ZeroPadding2D", "Dropout", "InputLayer")
-_RESCALE = ("Add", "Concatenate", "GlobalAveragePooling2D", "Rescaling", "Normalization", "Multiply")
+_WEIGHTED = ("Conv2D", "Conv1D", "DepthwiseConv2D", "Dense", "SeparableConv2D")
+_KEEP_SCALE = ("MaxPooling2D", "AveragePooling2D", "GlobalMaxPooling2D", "MaxPooling1D",
+               "AveragePooling1D", "GlobalMaxPooling1D", "Flatten", "Reshape", "ZeroPadding2D",
+               "ZeroPadding1D", "Dropout", "InputLayer")
+_RESCALE = ("Add", "Concatenate", "GlobalAveragePooling2D", "GlobalAveragePooling1D", "Rescaling",
+            "Normalization", "Multiply")
 _FUSABLE_INTO = ("weighted", "Add")
 _FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
 # activations TFLite runs as their own int8 op with a fixed output scale (SOFTMAX and LOGISTIC:
@@ -255,6 +257,8 @@ class _Builder:
         name = type(layer).__name__
         if getattr(layer, "data_format", "channels_last") != "channels_last":
             return f"data_format={layer.data_format!r} (only 'channels_last')"
+        if getattr(layer, "padding", None) == "causal":
+            return "padding='causal' (only 'valid' and 'same')"
         if getattr(layer, "quantization_mode", None):
             return f"already quantized by Keras (quantization_mode={layer.quantization_mode!r})"
         if self._fn_name(layer.activation) is None and self._split_activation(layer) is None:

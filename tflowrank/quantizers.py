@@ -140,6 +140,16 @@ def _compute_conv(layer, x, kernel):
                     dilation_rate=layer.dilation_rate)
 
 
+def _compute_conv1d(layer, x, kernel):
+    """A Conv1D as TFLite runs it: a CONV_2D over ``(batch, 1, steps, channels)`` with the
+    ``(1, k, cin, cout)`` kernel (``kernel`` is that, so its FakeQuant keeps the channel axis
+    last: the converter cannot carry a per-channel FakeQuant through the kernel's reshape)."""
+    (stride,), (dilation,) = layer.strides, layer.dilation_rate
+    outputs = ops.conv(ops.expand_dims(x, 1), kernel, strides=(1, stride), padding=layer.padding,
+                       dilation_rate=(1, dilation))
+    return ops.squeeze(outputs, 1)
+
+
 def _compute_depthwise(layer, x, kernel):
     return ops.depthwise_conv(x, kernel, strides=layer.strides, padding=layer.padding,
                               dilation_rate=layer.dilation_rate)
@@ -152,6 +162,7 @@ def _compute_dense(layer, x, kernel):
 # Keras layer class name -> (compute from input and quantized kernel, depthwise kernel layout)
 _KERAS_KINDS = {
     "Conv2D": (_compute_conv, False),
+    "Conv1D": (_compute_conv1d, False),
     "DepthwiseConv2D": (_compute_depthwise, True),
     "Dense": (_compute_dense, False),
 }
@@ -223,7 +234,8 @@ class QuantizedLayer(keras.layers.Layer):
             return self.layer(inputs)
         layer = self.layer
         compute, depthwise = _KERAS_KINDS[type(layer).__name__]
-        kernel = self._quantize_weight(layer.kernel, depthwise, matmul=compute is _compute_dense)
+        weight = ops.expand_dims(layer.kernel, 0) if compute is _compute_conv1d else layer.kernel
+        kernel = self._quantize_weight(weight, depthwise, matmul=compute is _compute_dense)
         outputs = compute(layer, inputs, kernel)
         if layer.use_bias:
             outputs = ops.add(outputs, layer.bias)
