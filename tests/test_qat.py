@@ -504,3 +504,25 @@ def test_conv1d_runs_as_tflite_runs_it_a_conv2d_on_one_row(tmp_path):
     causal = keras.Model(inputs, keras.layers.Conv1D(4, 3, padding="causal", name="causal")(inputs))
     with pytest.raises(ValueError, match=r"'causal' \(Conv1D: padding='causal'"):
         tflowrank.quantize_aware(causal)
+
+
+@pytest.mark.slow
+def test_augmentation_layers_act_while_training_and_vanish_from_the_int8_file(tmp_path):
+    keras.utils.set_random_seed(0)
+    augment = keras.Sequential([keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(0.1),
+                                keras.layers.RandomZoom(0.1), keras.layers.GaussianNoise(0.5)], name="augment")
+    inputs = keras.Input((8, 8, 3))  # as Keras's image classification guide builds it
+    x = keras.layers.Rescaling(1 / 255, name="scale")(augment(inputs))
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.Dropout(0.2)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, keras.layers.Dense(4, name="head")(x))
+    qat_model = tflowrank.quantize_aware(model)
+    x = np.random.default_rng(0).random((128, 8, 8, 3), dtype=np.float32) * 255
+    assert not np.allclose(qat_model(x[:4], training=True), qat_model(x[:4], training=False))
+    qat_model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat_model.fit(x, np.random.default_rng(1).integers(0, 4, 128), batch_size=32, epochs=1, verbose=0)
+    result = tflowrank.export_tflite(qat_model, tmp_path / "augmented.tflite")
+    assert inspect_tflite(result.path).is_fully_int8
+    assert set(result.ops) == {"QUANTIZE", "MUL", "CONV_2D", "MEAN", "FULLY_CONNECTED", "DEQUANTIZE"}
+    np.testing.assert_allclose(_tflite_logits(result.path, x[:16]), qat_model.predict(x[:16], verbose=0),
+                               atol=1e-5)

@@ -17,7 +17,8 @@ The copy is rebuilt node by node from the model's graph (nested models are inlin
   hard_silu, gelu, leaky_relu, silu as LOGISTIC then MUL) follows its layer's own range.
   A weighted layer or Add whose only consumer is a ReLU / ReLU6 gets no range of its own (TFLite
   fuses the activation), and max pooling, average pooling, Flatten, Reshape, ZeroPadding2D and
-  Dropout keep the scale of their input, as TFLite requires.
+  Dropout keep the scale of their input, as TFLite requires; augmentation layers (RandomFlip,
+  RandomRotation, ...) and noise act while training and, identities at inference, vanish.
 
 Reference for the scheme: Jacob et al., "Quantization and Training of Neural Networks for
 Efficient Integer-Arithmetic-Only Inference", CVPR 2018 (simulated quantization, EMA ranges,
@@ -33,6 +34,12 @@ _WEIGHTED = ("Conv2D", "Conv1D", "DepthwiseConv2D", "Dense", "SeparableConv2D")
 _KEEP_SCALE = ("MaxPooling2D", "AveragePooling2D", "GlobalMaxPooling2D", "MaxPooling1D",
                "AveragePooling1D", "GlobalMaxPooling1D", "Flatten", "Reshape", "ZeroPadding2D",
                "ZeroPadding1D", "Dropout", "InputLayer")
+# layers that are the identity at inference (augmentation, noise, dropout variants): they act
+# while training, as in the float model, and vanish from the TFLite graph
+_INFERENCE_IDENTITY = ("RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
+                       "RandomContrast", "RandomBrightness", "GaussianNoise", "GaussianDropout",
+                       "AlphaDropout", "SpatialDropout1D", "SpatialDropout2D",
+                       "ActivityRegularization")
 _RESCALE = ("Add", "Concatenate", "GlobalAveragePooling2D", "GlobalAveragePooling1D", "Rescaling",
             "Normalization", "Multiply")
 _FUSABLE_INTO = ("weighted", "Add")
@@ -187,7 +194,7 @@ class _Builder:
             return "keep"
         if self.q._is_factorized(layer) or name in _WEIGHTED:
             return "weighted"
-        if name in _KEEP_SCALE:
+        if name in _KEEP_SCALE or name in _INFERENCE_IDENTITY:
             return "keep"
         if name in _RESCALE:
             return name
