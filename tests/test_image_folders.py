@@ -27,8 +27,8 @@ def _write(folder, per_class, seed, size=(14, 10)):
 
 def _model(outputs=3, channels=3):
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((8, 8, channels))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
+    inputs = keras.Input((8, 8, channels))  # as Keras's image classification guide builds it
+    x = keras.layers.Rescaling(1 / 255)(keras.layers.RandomFlip("horizontal")(inputs))
     x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv_a")(x)
     x = keras.layers.Conv2D(24, 3, padding="same", activation="relu", name="conv_b")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
