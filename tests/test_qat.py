@@ -27,6 +27,13 @@ def _set_flags(model, value):
         layer.quantize_enabled.assign(value)
 
 
+def _output_steps(qat_model, path, x):
+    """How far the int8 file's outputs are from the QAT model's, in steps of the int8 scale of
+    its output (the quantizer ``head_quant``)."""
+    low, high = (float(v) for v in qat_model.get_layer("head_quant").quantization_range())
+    return np.abs(_tflite_logits(path, x) - qat_model.predict(x, verbose=0)) / ((high - low) / 255)
+
+
 def _tflite_logits(path, x):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -418,8 +425,7 @@ def test_swish_gelu_leaky_relu_and_multiply_export_as_their_int8_ops(tmp_path):
     assert result.ops["LOGISTIC"] == 3 and result.ops["MUL"] == 3  # two silu and the gate
     # TFLite's int8 kernels round as the fake quantization does: the outputs, after eight int8
     # ops of their own, are within two steps of the output's int8 scale (one here), most equal
-    low, high = (float(v) for v in qat_model.get_layer("head_quant").quantization_range())
-    steps = np.abs(_tflite_logits(result.path, x[:32]) - qat_model.predict(x[:32], verbose=0)) / ((high - low) / 255)
+    steps = _output_steps(qat_model, result.path, x[:32])
     assert steps.max() <= 2.01 and steps.mean() < 0.5
 
 
@@ -446,8 +452,7 @@ def test_a_normalization_exports_as_int8_mul_then_add_with_the_converters_consta
     qat_model.fit(x, rng.integers(0, 4, 256), batch_size=32, epochs=2, verbose=0)
     result = tflowrank.export_tflite(qat_model, tmp_path / "normalized.tflite")
     assert inspect_tflite(result.path).is_fully_int8 and result.ops["MUL"] == result.ops["ADD"] == 1
-    low, high = (float(v) for v in qat_model.get_layer("head_quant").quantization_range())
-    steps = np.abs(_tflite_logits(result.path, x[:64]) - qat_model.predict(x[:64], verbose=0)) / ((high - low) / 255)
+    steps = _output_steps(qat_model, result.path, x[:64])
     assert steps.max() <= 1.01 and steps.mean() < 0.1  # float constants instead: 5 steps, mean 1.4
     inverted = keras.Model(inputs, keras.layers.Normalization(mean=1.0, variance=4.0, invert=True,
                                                               name="denorm")(inputs))
@@ -472,8 +477,7 @@ def test_grouped_convolutions_quantize_per_output_channel_like_the_converter(tmp
     qat_model.fit(x, np.random.default_rng(1).integers(0, 4, 128), batch_size=32, epochs=2, verbose=0)
     result = tflowrank.export_tflite(qat_model, tmp_path / "grouped.tflite")
     assert inspect_tflite(result.path).is_fully_int8 and result.ops["CONV_2D"] == 3
-    low, high = (float(v) for v in qat_model.get_layer("head_quant").quantization_range())
-    steps = np.abs(_tflite_logits(result.path, x[:64]) - qat_model.predict(x[:64], verbose=0)) / ((high - low) / 255)
+    steps = _output_steps(qat_model, result.path, x[:64])
     assert steps.max() <= 1.01 and steps.mean() < 0.1
 
 
@@ -498,8 +502,7 @@ def test_conv1d_runs_as_tflite_runs_it_a_conv2d_on_one_row(tmp_path):
     qat_model.fit(x, np.random.default_rng(1).integers(0, 6, 128), batch_size=32, epochs=2, verbose=0)
     result = tflowrank.export_tflite(qat_model, tmp_path / "conv1d.tflite")
     assert inspect_tflite(result.path).is_fully_int8 and result.ops["CONV_2D"] == 4
-    low, high = (float(v) for v in qat_model.get_layer("head_quant").quantization_range())
-    steps = np.abs(_tflite_logits(result.path, x[:64]) - qat_model.predict(x[:64], verbose=0)) / ((high - low) / 255)
+    steps = _output_steps(qat_model, result.path, x[:64])
     assert steps.max() <= 2.01 and steps.mean() < 0.5  # as for the same model in 2-D (one row)
     causal = keras.Model(inputs, keras.layers.Conv1D(4, 3, padding="causal", name="causal")(inputs))
     with pytest.raises(ValueError, match=r"'causal' \(Conv1D: padding='causal'"):
