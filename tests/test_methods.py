@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from tf_conv import tensorflow_conv_is_right
 
 from tflowrank import _shapes, cost, factorize
 from tflowrank.layers import CPConv2D, SVDConv2D, TuckerConv2D, TuckerSpatialConv2D
@@ -26,26 +27,6 @@ def _conv(rng, cin, **config):
 def _close(actual, expected, rtol=1e-4):
     scale = float(np.max(np.abs(expected))) or 1.0
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
-
-
-def _tensorflow_conv_is_right(input_shape, kernel_shape, strides, padding, dilation):
-    """Whether TensorFlow's float32 CPU conv2d agrees with its float64 one on this geometry.
-
-    TensorFlow 2.21's oneDNN float32 kernel returns wrong numbers (zeros or garbage) for a batch
-    of more than one, one input channel, a width-only stride, "valid" padding and an output one
-    column wide (README, "Known problems"); a plain Keras Conv2D is as wrong there as a
-    factorized chain, so examples whose chain holds such a step say nothing about the
-    factorization.
-    """
-    import tensorflow as tf
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=input_shape)
-    k = rng.normal(size=kernel_shape)
-    args = dict(strides=strides, padding=padding.upper(), dilations=dilation)
-    got = tf.nn.conv2d(x.astype("float32"), k.astype("float32"), **args).numpy()
-    want = tf.nn.conv2d(x, k, **args).numpy()
-    return np.allclose(got, want, rtol=1e-4, atol=1e-4 * max(float(np.abs(want).max()), 1.0))
 
 
 @st.composite
@@ -70,12 +51,12 @@ def test_full_rank_reproduces_the_convolution(cls, geometry, cin, seed):
     conv = _conv(rng, cin, **config)
     layer = cls.from_layer(conv, cls.full_rank_of(conv, cin))
     (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.strides, conv.dilation_rate
-    assume(_tensorflow_conv_is_right((2, h, w, cin), (kh, kw, cin, 1), (sh, sw), conv.padding,
+    assume(tensorflow_conv_is_right((2, h, w, cin), (kh, kw, cin, 1), (sh, sw), conv.padding,
                                      (dh, dw)))
     if cls is TuckerSpatialConv2D:  # the 1 x kw step, on the kh x 1 step's output
         rows = _shapes.conv_output_size(h, kh, sh, dh, conv.padding)
         r_mid = layer.kernel_horizontal.shape[2]
-        assume(_tensorflow_conv_is_right((2, rows, w, r_mid), (1, kw, r_mid, 1), (1, sw),
+        assume(tensorflow_conv_is_right((2, rows, w, r_mid), (1, kw, r_mid, 1), (1, sw),
                                          conv.padding, (1, dw)))
     x = rng.normal(size=(2, h, w, cin)).astype("float32")
     _close(np.asarray(layer(x)), np.asarray(conv(x)))
