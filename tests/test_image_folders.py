@@ -178,3 +178,23 @@ def test_cli_export_calibrates_on_a_folder_of_images(split_folders, tmp_path, ca
                    "--data", str(split_folders / "train")])
     assert status == 0, capsys.readouterr().err
     assert inspect_tflite(tmp_path / "pets.tflite").is_fully_int8
+
+
+def test_cli_evaluate_scores_a_tflite_file_on_a_folder_or_arrays(split_folders, tmp_path, capsys):
+    from tflowrank import evaluate_tflite, export_tflite
+    from tflowrank.cli import main
+    from tflowrank.image_folders import labelled_images
+
+    model = _model()
+    path = export_tflite(model, tmp_path / "pets.tflite", quantize=None).path
+    data, classes = labelled_images(split_folders / "val", (None, 8, 8, 3))
+    x, y = (np.stack(a) for a in zip(*data.as_numpy_iterator()))
+    assert classes == list(CLASSES) and len(x) == 12
+    expected = np.mean(model.predict(x, verbose=0).argmax(-1) == y)
+    assert main(["evaluate", str(path), "--data", str(split_folders / "val")]) == 0
+    assert f"top-1 {expected:.4f} on 12 samples of" in capsys.readouterr().out
+    np.savez(tmp_path / "data.npz", x_train=x, y_train=y, x_val=x, y_val=y)
+    assert main(["evaluate", str(path), "--data", str(tmp_path / "data.npz"), "--samples", "5"]) == 0
+    assert f"top-1 {evaluate_tflite(path, x[:5], y[:5]):.4f} on 5 samples of" in capsys.readouterr().out
+    assert main(["evaluate", str(path), "--data", str(split_folders)]) == 2  # train/ and val/: 2 classes
+    assert "has 3 output(s), for 3 classes, and" in capsys.readouterr().err

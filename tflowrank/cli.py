@@ -125,6 +125,17 @@ def _parser():
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=_profile)
 
+    p = sub.add_parser("evaluate", help="top-1 accuracy of a .tflite classifier")
+    p.add_argument("model", help="a .tflite file")
+    p.add_argument("--data", required=True,
+                   help="'fashion-mnist' (its test images); a .npz file with x_val, y_val (or "
+                        "x_test, y_test); or a folder of class folders (float32 pixels in [0, 255], "
+                        "labels in the folders' alphabetical order)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="only the first N samples (of a folder: N files drawn with --seed)")
+    p.add_argument("--seed", type=int, default=0, help="draws a folder's files (default 0)")
+    p.set_defaults(run=_evaluate)
+
     p = sub.add_parser("compress", help="search, factorize, fine-tune, export int8, evaluate and "
                                         "profile a .keras classifier; write a report folder")
     p.add_argument("model", help="a trained .keras classifier")
@@ -399,6 +410,34 @@ def _labelled(spec):
                        f"{', '.join(sorted(files)) or 'none'}).")
     return ((data["x_train"].astype(np.float32), data["y_train"]),
             (data[f"x_{val}"].astype(np.float32), data[f"y_{val}"]))
+
+
+def _evaluate(args):
+    from .evaluate import evaluate_tflite
+    from .tflite_model import inspect_tflite
+
+    if args.samples is not None and args.samples < 1:
+        raise _Failure(f"--samples must be at least 1; received {args.samples}.")
+    if not Path(args.model).is_file():
+        raise _Failure(f"Model file '{args.model}' does not exist.")
+    if Path(args.data).is_dir():
+        from .image_folders import labelled_images
+
+        info = inspect_tflite(args.model)
+        data, classes = labelled_images(args.data, (None, *info.input_details[0].shape[1:]),
+                                        samples=args.samples, seed=args.seed)
+        outputs = int(info.output_details[0].shape[-1])
+        if len(classes) != max(outputs, 2):
+            raise _Failure(f"'{args.model}' has {outputs} output(s), for {max(outputs, 2)} classes, and "
+                           f"'{args.data}' has {len(classes)} class folders: {', '.join(classes)}.")
+        count = int(data.cardinality())
+        accuracy = evaluate_tflite(args.model, data.batch(256))
+    else:
+        _, (x, y) = _labelled(args.data)
+        x, y = x[:args.samples], y[:args.samples]
+        count = len(x)
+        accuracy = evaluate_tflite(args.model, x, y)
+    print(f"top-1 {accuracy:.4f} on {count} samples of {args.data}")
 
 
 def _compress(args):

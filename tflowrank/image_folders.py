@@ -17,7 +17,7 @@ the same classes, as many as the model has outputs (two for one output).
 
 from pathlib import Path
 
-__all__ = ["calibration_images", "image_folders"]
+__all__ = ["calibration_images", "image_folders", "labelled_images"]
 
 VAL_FOLDERS = ("val", "validation", "test")
 _CHANNELS = {1: "grayscale", 3: "rgb", 4: "rgba"}
@@ -45,7 +45,7 @@ def image_folders(path, model, val_split=None, seed=0, train_samples=None, val_s
     for name, value in (("train_samples", train_samples), ("val_samples", val_samples)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"`{name}` must be a positive integer or None. Received: {name}={value!r}")
-    image = _image_shape(model)
+    image = _image_shape(model.inputs[0].shape, f"`model` ({model.name!r})")
     rng = np.random.default_rng(seed)
     val_folder = next((folder / name for name in VAL_FOLDERS if (folder / name).is_dir()), None)
     if (folder / "train").is_dir() and val_folder is not None:
@@ -99,19 +99,36 @@ def calibration_images(path, model, samples=500, seed=0):
         raise ValueError(f"`path` must be a folder of images. Received: path={str(path)!r}")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"`samples` must be a positive integer. Received: samples={samples!r}")
-    image = _image_shape(model)
+    image = _image_shape(model.inputs[0].shape, f"`model` ({model.name!r})")
     paths = _listed(folder, image, labels=None).file_paths
     paths = np.array(paths)[np.random.default_rng(seed).permutation(len(paths))]
     images = _dataset((paths, np.zeros(len(paths), np.int32)), samples, image, None)
     return np.stack([x for x, _ in images.as_numpy_iterator()])
 
 
-def _image_shape(model):
-    shape = tuple(model.inputs[0].shape)
+def labelled_images(path, input_shape, samples=None, seed=0):
+    """``(dataset, class_names)``: the images under ``path``'s class folders as an unbatched
+    ``tf.data.Dataset`` of ``(image, label)`` for a model taking ``input_shape`` (``(batch,
+    height, width, channels)``), decoded as ``image_folders`` does, in an order drawn with
+    ``seed`` and the same on every pass; ``samples``: only that many files."""
+    import numpy as np
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"`path` must be a folder of class folders. Received: path={str(path)!r}")
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise ValueError(f"`samples` must be a positive integer or None. Received: samples={samples!r}")
+    image = _image_shape(input_shape, "the model")
+    files, classes = _files(folder, image)
+    return _dataset(_shuffled(files, np.random.default_rng(seed)), samples, image, None), classes
+
+
+def _image_shape(shape, who):
+    shape = tuple(shape)
     if len(shape) != 4 or shape[-1] not in _CHANNELS or None in shape[1:]:
         raise ValueError(f"Image folders feed a model with an input of shape (None, height, width, "
-                         f"1, 3 or 4 channels), and `model` ({model.name!r}) takes {shape}.")
-    return shape[1:]
+                         f"1, 3 or 4 channels), and {who} takes {shape}.")
+    return tuple(int(d) for d in shape[1:])
 
 
 def _files(folder, image):
