@@ -187,7 +187,7 @@ def test_cli_evaluate_scores_a_tflite_file_on_a_folder_or_arrays(split_folders, 
 
     model = _model()
     path = export_tflite(model, tmp_path / "pets.tflite", quantize=None).path
-    data, classes = labelled_images(split_folders / "val", (None, 8, 8, 3))
+    data, classes = labelled_images(split_folders / "val", (None, 8, 8, 3), 3)
     x, y = (np.stack(a) for a in zip(*data.as_numpy_iterator()))
     assert classes == list(CLASSES) and len(x) == 12
     expected = np.mean(model.predict(x, verbose=0).argmax(-1) == y)

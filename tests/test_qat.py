@@ -27,6 +27,12 @@ def _set_flags(model, value):
         layer.quantize_enabled.assign(value)
 
 
+def _track_ranges(qat_model, x, labels, epochs):
+    """Train a QAT model on ``(x, labels)`` (batches of 32) so that its ranges are tracked."""
+    qat_model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat_model.fit(x, labels, batch_size=32, epochs=epochs, verbose=0)
+
+
 def _output_steps(qat_model, path, x):
     """How far the int8 file's outputs are from the QAT model's, in steps of the int8 scale of
     its output (the quantizer ``head_quant``)."""
@@ -366,8 +372,7 @@ def test_a_rescaling_layer_trains_and_exports_as_one_int8_mul(tmp_path):
     qat_model = tflowrank.quantize_aware(model)
     assert "scale_quant" in [layer.name for layer in qat_model.layers]  # its own range
     x = np.random.default_rng(0).random((128, 8, 8, 3), dtype=np.float32) * 255
-    qat_model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    qat_model.fit(x, np.random.default_rng(1).integers(0, 4, 128), batch_size=32, epochs=1, verbose=0)
+    _track_ranges(qat_model, x, np.random.default_rng(1).integers(0, 4, 128), epochs=1)
     result = tflowrank.export_tflite(qat_model, tmp_path / "scaled.tflite")
     assert result.ops["MUL"] == 1 and inspect_tflite(result.path).is_fully_int8
     np.testing.assert_allclose(_tflite_logits(result.path, x[:16]), qat_model.predict(x[:16], verbose=0),
@@ -386,8 +391,7 @@ def test_a_rescaling_with_an_offset_exports_as_int8_mul_then_add(tmp_path):
     names = [layer.name for layer in qat_model.layers]
     assert "centre_scale_quant" in names and "centre_quant" in names  # a range after each step
     x = np.random.default_rng(0).random((128, 8, 8, 3), dtype=np.float32) * 255
-    qat_model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    qat_model.fit(x, np.random.default_rng(1).integers(0, 4, 128), batch_size=32, epochs=1, verbose=0)
+    _track_ranges(qat_model, x, np.random.default_rng(1).integers(0, 4, 128), epochs=1)
     result = tflowrank.export_tflite(qat_model, tmp_path / "centred.tflite")
     assert inspect_tflite(result.path).is_fully_int8 and result.ops["MUL"] == result.ops["ADD"] == 1
     np.testing.assert_allclose(_tflite_logits(result.path, x[:16]), qat_model.predict(x[:16], verbose=0),
@@ -417,8 +421,7 @@ def test_swish_gelu_leaky_relu_and_multiply_export_as_their_int8_ops(tmp_path):
         assert name in names
     assert qat_model.get_layer("swish_conv_sigmoid_quant").fixed_range == (0.0, 255 / 256)
     x = np.random.default_rng(0).normal(size=(128, 8, 8, 3)).astype("float32")
-    qat_model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    qat_model.fit(x, np.random.default_rng(1).integers(0, 4, 128), batch_size=32, epochs=2, verbose=0)
+    _track_ranges(qat_model, x, np.random.default_rng(1).integers(0, 4, 128), epochs=2)
     result = tflowrank.export_tflite(qat_model, tmp_path / "activations.tflite")
     assert inspect_tflite(result.path).is_fully_int8
     assert (result.ops["HARD_SWISH"], result.ops["GELU"], result.ops["LEAKY_RELU"]) == (1, 1, 2)
@@ -448,8 +451,7 @@ def test_a_normalization_exports_as_int8_mul_then_add_with_the_converters_consta
     step = scale.max() / 255
     np.testing.assert_allclose(scale / step, np.round(scale / step), atol=1e-6)
     np.testing.assert_allclose(scale, 1 / np.sqrt(np.asarray(norm.variance).reshape(-1)), atol=step / 2)
-    qat_model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    qat_model.fit(x, rng.integers(0, 4, 256), batch_size=32, epochs=2, verbose=0)
+    _track_ranges(qat_model, x, rng.integers(0, 4, 256), epochs=2)
     result = tflowrank.export_tflite(qat_model, tmp_path / "normalized.tflite")
     assert inspect_tflite(result.path).is_fully_int8 and result.ops["MUL"] == result.ops["ADD"] == 1
     steps = _output_steps(qat_model, result.path, x[:64])
@@ -473,8 +475,7 @@ def test_grouped_convolutions_quantize_per_output_channel_like_the_converter(tmp
     assert isinstance(qat_model.get_layer("grouped"), quantizers.QuantizedLayer)
     assert "grouped_bn" not in [layer.name for layer in qat_model.layers]  # folded, per output channel
     x = np.random.default_rng(0).normal(size=(128, 8, 8, 4)).astype("float32")
-    qat_model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    qat_model.fit(x, np.random.default_rng(1).integers(0, 4, 128), batch_size=32, epochs=2, verbose=0)
+    _track_ranges(qat_model, x, np.random.default_rng(1).integers(0, 4, 128), epochs=2)
     result = tflowrank.export_tflite(qat_model, tmp_path / "grouped.tflite")
     assert inspect_tflite(result.path).is_fully_int8 and result.ops["CONV_2D"] == 3
     steps = _output_steps(qat_model, result.path, x[:64])
@@ -498,8 +499,7 @@ def test_conv1d_runs_as_tflite_runs_it_a_conv2d_on_one_row(tmp_path):
     # no range tracked yet: the float model's outputs, but for the int8 weights
     np.testing.assert_allclose(qat_model.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0),
                                atol=0.01)
-    qat_model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    qat_model.fit(x, np.random.default_rng(1).integers(0, 6, 128), batch_size=32, epochs=2, verbose=0)
+    _track_ranges(qat_model, x, np.random.default_rng(1).integers(0, 6, 128), epochs=2)
     result = tflowrank.export_tflite(qat_model, tmp_path / "conv1d.tflite")
     assert inspect_tflite(result.path).is_fully_int8 and result.ops["CONV_2D"] == 4
     steps = _output_steps(qat_model, result.path, x[:64])
@@ -522,8 +522,7 @@ def test_augmentation_layers_act_while_training_and_vanish_from_the_int8_file(tm
     qat_model = tflowrank.quantize_aware(model)
     x = np.random.default_rng(0).random((128, 8, 8, 3), dtype=np.float32) * 255
     assert not np.allclose(qat_model(x[:4], training=True), qat_model(x[:4], training=False))
-    qat_model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    qat_model.fit(x, np.random.default_rng(1).integers(0, 4, 128), batch_size=32, epochs=1, verbose=0)
+    _track_ranges(qat_model, x, np.random.default_rng(1).integers(0, 4, 128), epochs=1)
     result = tflowrank.export_tflite(qat_model, tmp_path / "augmented.tflite")
     assert inspect_tflite(result.path).is_fully_int8
     assert set(result.ops) == {"QUANTIZE", "MUL", "CONV_2D", "MEAN", "FULLY_CONNECTED", "DEQUANTIZE"}

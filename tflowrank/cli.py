@@ -385,8 +385,9 @@ def _profile(args):
     return 0
 
 
-def _labelled(spec):
-    """``((x_train, y_train), (x_val, y_val))`` from 'fashion-mnist' or a .npz file."""
+def _labelled(spec, train=True):
+    """``((x_train, y_train), (x_val, y_val))`` from 'fashion-mnist' or a .npz file; with
+    ``train=False`` the first pair is None (neither read nor required)."""
     import numpy as np
 
     if spec == "fashion-mnist":
@@ -394,7 +395,7 @@ def _labelled(spec):
         from .zoo import prepare_images
 
         (x, y), (xv, yv) = fashion_mnist(verbose=False)
-        return (prepare_images(x), y), (prepare_images(xv), yv)
+        return ((prepare_images(x), y) if train else None), (prepare_images(xv), yv)
     path = Path(spec)
     if not path.is_file():
         raise _Failure(f"Data file '{path}' does not exist.")
@@ -404,12 +405,14 @@ def _labelled(spec):
     except Exception as error:
         raise _Failure(f"Could not read --data '{path}' as a .npz file: {error}") from error
     val = "val" if {"x_val", "y_val"} <= files else "test"
-    missing = {"x_train", "y_train", f"x_{val}", f"y_{val}"} - files
+    missing = {f"x_{val}", f"y_{val}", *(("x_train", "y_train") if train else ())} - files
     if missing:
         raise _Failure(f"--data '{path}' lacks the arrays {', '.join(sorted(missing))} (it holds "
                        f"{', '.join(sorted(files)) or 'none'}).")
-    return ((data["x_train"].astype(np.float32), data["y_train"]),
-            (data[f"x_{val}"].astype(np.float32), data[f"y_{val}"]))
+    def pair(split):
+        return data[f"x_{split}"].astype(np.float32), data[f"y_{split}"]
+
+    return (pair("train") if train else None), pair(val)
 
 
 def _evaluate(args):
@@ -424,16 +427,13 @@ def _evaluate(args):
         from .image_folders import labelled_images
 
         info = inspect_tflite(args.model)
-        data, classes = labelled_images(args.data, (None, *info.input_details[0].shape[1:]),
-                                        samples=args.samples, seed=args.seed)
-        outputs = int(info.output_details[0].shape[-1])
-        if len(classes) != max(outputs, 2):
-            raise _Failure(f"'{args.model}' has {outputs} output(s), for {max(outputs, 2)} classes, and "
-                           f"'{args.data}' has {len(classes)} class folders: {', '.join(classes)}.")
+        data, _ = labelled_images(args.data, (None, *info.input_details[0].shape[1:]),
+                                  int(info.output_details[0].shape[-1]), samples=args.samples,
+                                  seed=args.seed, who=f"'{args.model}'")
         count = int(data.cardinality())
         accuracy = evaluate_tflite(args.model, data.batch(256))
     else:
-        _, (x, y) = _labelled(args.data)
+        _, (x, y) = _labelled(args.data, train=False)
         x, y = x[:args.samples], y[:args.samples]
         count = len(x)
         accuracy = evaluate_tflite(args.model, x, y)

@@ -237,13 +237,9 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     finetune_epochs = _check_int("finetune_epochs", finetune_epochs, 0)
     if not isinstance(qat, bool):
         raise TypeError(f"`qat` must be True or False. Received: qat={qat!r}")
-    if not isinstance(qat_float_fallback, bool) and (
-            isinstance(qat_float_fallback, str) or not isinstance(qat_float_fallback, (list, tuple))
-            or not all(isinstance(n, str) for n in qat_float_fallback)):
-        raise TypeError("`qat_float_fallback` must be True, False or a list of layer names. "
-                        f"Received: qat_float_fallback={qat_float_fallback!r}")
-    if not isinstance(qat_float_fallback, bool):
-        qat_float_fallback = list(qat_float_fallback)
+    from .qat import check_float_fallback
+
+    qat_float_fallback = check_float_fallback(qat_float_fallback, "qat_float_fallback")
     for name, value in (("distill", distill), ("refit", refit)):
         if not isinstance(value, bool):
             raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")

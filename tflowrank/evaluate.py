@@ -1,5 +1,7 @@
 """Top-1 accuracy of a .tflite classifier, run with the LiteRT interpreter."""
 
+import functools
+
 import numpy as np
 
 from ._io import input_path
@@ -162,7 +164,11 @@ class _Predictor:
             )
         self.sample_shape = tuple(int(d) for d in details[0]["shape"][1:])
         self.runner = None
-        self.logit = _tflite_one_logit(inspect_tflite(self.path))  # how one output is read
+
+    @functools.cached_property
+    def logit(self):
+        """How one output is read (``_tflite_one_logit``); only scoring asks."""
+        return _tflite_one_logit(inspect_tflite(self.path))
 
     def is_sample(self, shape):
         """Whether ``shape`` is one input's (with or without the channel axis of a one-channel

@@ -73,11 +73,7 @@ def image_folders(path, model, val_split=None, seed=0, train_samples=None, val_s
             raise ValueError(f"val_split={val_split} of the {len(files[0])} images in '{folder}' "
                              f"leaves {held} for validation. Received: val_split={val_split!r}")
         train, val = (files[0][held:], files[1][held:]), (files[0][:held], files[1][:held])
-    outputs = int(model.outputs[0].shape[-1])
-    if len(classes) != max(outputs, 2):
-        raise ValueError(
-            f"`model` ({model.name!r}) has {outputs} output(s), for {max(outputs, 2)} classes, and "
-            f"'{folder}' has {len(classes)} class folders: {classes}. Received: path={str(path)!r}")
+    _check_classes(classes, int(model.outputs[0].shape[-1]), f"`model` ({model.name!r})", folder)
     return (_dataset(train, train_samples, image, seed), _dataset(val, val_samples, image, None),
             classes)
 
@@ -106,11 +102,12 @@ def calibration_images(path, model, samples=500, seed=0):
     return np.stack([x for x, _ in images.as_numpy_iterator()])
 
 
-def labelled_images(path, input_shape, samples=None, seed=0):
+def labelled_images(path, input_shape, outputs, samples=None, seed=0, who="the model"):
     """``(dataset, class_names)``: the images under ``path``'s class folders as an unbatched
-    ``tf.data.Dataset`` of ``(image, label)`` for a model taking ``input_shape`` (``(batch,
-    height, width, channels)``), decoded as ``image_folders`` does, in an order drawn with
-    ``seed`` and the same on every pass; ``samples``: only that many files."""
+    ``tf.data.Dataset`` of ``(image, label)`` for a model (``who``, in errors) taking
+    ``input_shape`` (``(batch, height, width, channels)``) with ``outputs`` outputs, decoded as
+    ``image_folders`` does, in an order drawn with ``seed`` and the same on every pass;
+    ``samples``: only that many files."""
     import numpy as np
 
     folder = Path(path)
@@ -118,9 +115,17 @@ def labelled_images(path, input_shape, samples=None, seed=0):
         raise ValueError(f"`path` must be a folder of class folders. Received: path={str(path)!r}")
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
         raise ValueError(f"`samples` must be a positive integer or None. Received: samples={samples!r}")
-    image = _image_shape(input_shape, "the model")
+    image = _image_shape(input_shape, who)
     files, classes = _files(folder, image)
+    _check_classes(classes, outputs, who, folder)
     return _dataset(_shuffled(files, np.random.default_rng(seed)), samples, image, None), classes
+
+
+def _check_classes(classes, outputs, who, folder):
+    """Refuse class folders that are not one per output of the model (two for one output)."""
+    if len(classes) != max(outputs, 2):
+        raise ValueError(f"{who} has {outputs} output(s), for {max(outputs, 2)} classes, and "
+                         f"'{folder}' has {len(classes)} class folders: {classes}.")
 
 
 def _image_shape(shape, who):

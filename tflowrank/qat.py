@@ -154,15 +154,24 @@ def _as_int8_constant(values):
     return [float(v) for v in (levels - zero) * step]
 
 
+def check_float_fallback(value, name="float_fallback"):
+    """``value`` as ``quantize_aware`` takes it: True, False, or a list of layer names; a
+    ``TypeError`` naming the argument ``name`` otherwise."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)) \
+            or not all(isinstance(n, str) for n in value):
+        raise TypeError(f"`{name}` must be True, False or a list of layer names. "
+                        f"Received: {name}={value!r}")
+    return list(value)
+
+
 def _fallback_names(model, float_fallback):
     from . import graph
 
     names = {call.layer.name for call in graph.layer_calls(model)}
-    if isinstance(float_fallback, bool) or float_fallback is None:
+    if float_fallback is None or isinstance(check_float_fallback(float_fallback), bool):
         return set()
-    if isinstance(float_fallback, str) or not all(isinstance(n, str) for n in float_fallback):
-        raise TypeError("`float_fallback` must be True, False or a list of layer names. "
-                        f"Received: float_fallback={float_fallback!r}")
     missing = sorted(set(float_fallback) - names)
     if missing:
         raise ValueError(f"`float_fallback` names layers the model does not have: {missing}. "

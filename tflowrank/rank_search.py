@@ -322,10 +322,11 @@ def _sites(model, methods, candidates, first_applicable=False):
         site = _Site(call)
         for method in methods:
             cls = factor_class(method_table(method), layer)
-            reason = "no factor class" if cls is None else cls.supports(layer)
+            if cls is None:
+                continue
+            reason = cls.supports(layer)
             if reason is not None:
-                if cls is not None:
-                    left.setdefault(call.path, reason)
+                left.setdefault(call.path, reason)
                 continue
             if method == "output" and call.path != layer.name:
                 continue  # the output method works on top-level layers only
