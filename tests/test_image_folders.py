@@ -193,7 +193,7 @@ def test_cli_evaluate_scores_a_tflite_file_on_a_folder_or_arrays(split_folders, 
     expected = np.mean(model.predict(x, verbose=0).argmax(-1) == y)
     assert main(["evaluate", str(path), "--data", str(split_folders / "val")]) == 0
     assert f"top-1 {expected:.4f} on 12 samples of" in capsys.readouterr().out
-    np.savez(tmp_path / "data.npz", x_train=x, y_train=y, x_val=x, y_val=y)
+    np.savez(tmp_path / "data.npz", x_val=x, y_val=y)  # no training pair needed to evaluate
     assert main(["evaluate", str(path), "--data", str(tmp_path / "data.npz"), "--samples", "5"]) == 0
     assert f"top-1 {evaluate_tflite(path, x[:5], y[:5]):.4f} on 5 samples of" in capsys.readouterr().out
     assert main(["evaluate", str(path), "--data", str(split_folders)]) == 2  # train/ and val/: 2 classes
