@@ -363,37 +363,26 @@ def test_a_fixed_range_quantizer_never_tracks_and_round_trips():
 
 
 @pytest.mark.slow
-def test_a_rescaling_layer_trains_and_exports_as_one_int8_mul(tmp_path):
+@pytest.mark.parametrize("rescaling, ranges, ops", [
+    # pixels 0..255 in, as tutorials do: its own range, one int8 MUL
+    (dict(scale=1 / 255, name="scale"), ("scale_quant",), {"MUL": 1}),
+    # pixels to [-1, 1]: a range after each step, an int8 MUL then an int8 ADD
+    (dict(scale=1 / 127.5, offset=-1, name="centre"), ("centre_scale_quant", "centre_quant"),
+     {"MUL": 1, "ADD": 1}),
+])
+def test_a_rescaling_layer_trains_and_exports_as_int8_mul_then_add(tmp_path, rescaling, ranges, ops):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Rescaling(1 / 255, name="scale")(inputs)  # pixels 0..255 in, as tutorials do
-    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(x)
-    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))
-    qat_model = tflowrank.quantize_aware(model)
-    assert "scale_quant" in [layer.name for layer in qat_model.layers]  # its own range
-    x = np.random.default_rng(0).random((128, 8, 8, 3), dtype=np.float32) * 255
-    _track_ranges(qat_model, x, np.random.default_rng(1).integers(0, 4, 128), epochs=1)
-    result = tflowrank.export_tflite(qat_model, tmp_path / "scaled.tflite")
-    assert result.ops["MUL"] == 1 and inspect_tflite(result.path).is_fully_int8
-    np.testing.assert_allclose(_tflite_logits(result.path, x[:16]), qat_model.predict(x[:16], verbose=0),
-                               atol=1e-5)
-
-
-
-@pytest.mark.slow
-def test_a_rescaling_with_an_offset_exports_as_int8_mul_then_add(tmp_path):
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="centre")(inputs)  # pixels to [-1, 1]
+    x = keras.layers.Rescaling(**rescaling)(inputs)
     x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(x)
     model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))
     qat_model = tflowrank.quantize_aware(model)
     names = [layer.name for layer in qat_model.layers]
-    assert "centre_scale_quant" in names and "centre_quant" in names  # a range after each step
+    assert all(name in names for name in ranges)
     x = np.random.default_rng(0).random((128, 8, 8, 3), dtype=np.float32) * 255
     _track_ranges(qat_model, x, np.random.default_rng(1).integers(0, 4, 128), epochs=1)
-    result = tflowrank.export_tflite(qat_model, tmp_path / "centred.tflite")
-    assert inspect_tflite(result.path).is_fully_int8 and result.ops["MUL"] == result.ops["ADD"] == 1
+    result = tflowrank.export_tflite(qat_model, tmp_path / f"{rescaling['name']}.tflite")
+    assert inspect_tflite(result.path).is_fully_int8 and all(result.ops[op] == n for op, n in ops.items())
     np.testing.assert_allclose(_tflite_logits(result.path, x[:16]), qat_model.predict(x[:16], verbose=0),
                                atol=1e-5)
 
