@@ -1,5 +1,6 @@
 """factorize: a new model in which chosen layers are replaced by low-rank chains."""
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -31,7 +32,9 @@ def factorize(model, method, rank=None, layers=None, *, data=None, target_macs=N
             channels, 1 x 1; Dense -> two Dense), ``"tucker2"`` (1 x 1, k x k core, 1 x 1),
             ``"cp"`` (1 x 1, depthwise k x 1, depthwise 1 x k, 1 x 1), ``"tucker2_spatial"``
             (1 x 1, k x 1, 1 x k, 1 x 1) or ``"output"`` (data-driven: a narrow k x k conv and a
-            1 x 1 fitted to the layer's responses on ``data``; needs ``data``). Or a
+            1 x 1 fitted to the layer's responses on ``data``; needs ``data``). A Conv1D takes
+            ``"svd"``, ``"tucker2"`` and ``"output"`` (the same chains with kernels of one row,
+            ``SVDConv1D`` / ``TuckerConv1D``); the others skip it. Or a
             ``CompressionPlan`` (from ``tflowrank.search``): each of its layers gets its own
             method and rank (then give no ``rank``, ``layers`` or target; ``data`` iff the plan
             has ``"output"`` entries, which are fitted first, in execution order).
@@ -267,7 +270,7 @@ def _eligible(candidates, explicit, rank, table, method, model, times_called):
         else:
             reason = target.supports(layer)
         if (not reason and not explicit and getattr(target, "needs_spatial_extent", False)
-                and tuple(layer.kernel_size) == (1, 1)):
+                and math.prod(layer.kernel_size) == 1):
             skipped.append((call.path, f"a 1 x 1 convolution has no spatial extent for method "
                                        f"{method!r}: use method='svd' for it"))
             continue

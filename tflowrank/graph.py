@@ -144,9 +144,10 @@ def input_probe(model, name):
 
 
 def linear_responses(layer, inputs):
-    """A Conv2D's or Dense's output before its activation (kernel and bias), as a NumPy array."""
+    """A Conv1D's, Conv2D's or Dense's output before its activation (kernel and bias), as a NumPy
+    array."""
     ops = keras.ops
-    if len(layer.kernel.shape) == 4:
+    if len(layer.kernel.shape) >= 3:
         y = ops.conv(inputs, layer.kernel, strides=layer.strides, padding=layer.padding,
                      dilation_rate=layer.dilation_rate)
     else:

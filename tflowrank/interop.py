@@ -39,7 +39,9 @@ class Step:
 
     ``kind`` is ``"conv"`` (``kernel`` ``(kh, kw, cin, cout)``), ``"depthwise"`` (``kernel``
     ``(kh, kw, channels, 1)``), ``"dense"`` (``kernel`` ``(in, out)``), ``"pad"`` (zero padding
-    ``pads = ((top, bottom), (left, right))``) or ``"slice"`` (``x[:, ::strides[0], ::strides[1]]``).
+    ``pads = ((top, bottom), (left, right))``), ``"slice"`` (``x[:, ::strides[0], ::strides[1]]``)
+    or ``"reshape"`` (to ``shape``, batch left out: a 1-D chain's sequence seen as one image row
+    and back).
     ``name`` tells the steps of one layer apart. ``bias`` and ``activation`` (a Keras activation
     name) are set on the last step only.
     """
@@ -51,6 +53,7 @@ class Step:
     padding: str = "valid"
     dilation: tuple = (1, 1)
     pads: tuple = ((0, 0), (0, 0))
+    shape: tuple = ()
     bias: np.ndarray | None = None
     activation: str | None = None
 
@@ -74,7 +77,9 @@ class Step:
         if self.kind == "slice":
             return "MaxPooling2D", {"pool_size": [1, 1], "strides": list(map(int, self.strides)),
                                     "padding": "valid"}, []
-        raise ValueError(f"`kind` must be one of 'conv', 'depthwise', 'dense', 'pad', 'slice'. "
+        if self.kind == "reshape":
+            return "Reshape", {"target_shape": list(map(int, self.shape))}, []
+        raise ValueError(f"`kind` must be one of 'conv', 'depthwise', 'dense', 'pad', 'slice', 'reshape'. "
                          f"Received: kind={self.kind!r}")
 
     def _conv_config(self):
@@ -90,6 +95,8 @@ _CONFIG_KEYS = {
                "use_bias", "data_format"),
     "DepthwiseConv2D": ("kernel_size", "strides", "padding", "depth_multiplier", "dilation_rate",
                         "activation", "use_bias", "data_format"),
+    "Conv1D": ("filters", "kernel_size", "strides", "padding", "dilation_rate", "activation",
+               "use_bias", "data_format"),
     "Dense": ("units", "activation", "use_bias"),
     "BatchNormalization": ("axis", "momentum", "epsilon", "center", "scale"),
     "ReLU": ("max_value", "negative_slope", "threshold"),
@@ -97,6 +104,10 @@ _CONFIG_KEYS = {
     "Softmax": ("axis",),
     "MaxPooling2D": ("pool_size", "strides", "padding", "data_format"),
     "AveragePooling2D": ("pool_size", "strides", "padding", "data_format"),
+    "MaxPooling1D": ("pool_size", "strides", "padding", "data_format"),
+    "AveragePooling1D": ("pool_size", "strides", "padding", "data_format"),
+    "GlobalAveragePooling1D": ("data_format", "keepdims"),
+    "GlobalMaxPooling1D": ("data_format", "keepdims"),
     "GlobalAveragePooling2D": ("data_format", "keepdims"),
     "GlobalMaxPooling2D": ("data_format", "keepdims"),
     "ZeroPadding2D": ("padding", "data_format"),

@@ -10,25 +10,29 @@ METHOD_NAMES = ("spatial", "svd", "tucker2", "cp", "tucker2_spatial", "output")
 def method_table(method):
     """``[(keras layer class, tflowrank layer class), ...]`` for ``method``.
 
-    ``"output"`` builds ``SVDConv2D`` layers, but from data rather than from the kernel alone.
+    ``"output"`` builds ``SVDConv2D`` / ``SVDConv1D`` layers, but from data rather than from the
+    kernel alone. A Conv1D has the channel methods only (``"svd"``, ``"tucker2"``, ``"output"``):
+    the others separate two spatial axes.
     """
     from .layers import (
         CPConv2D,
         SpatialConv2D,
+        SVDConv1D,
         SVDConv2D,
         SVDDense,
+        TuckerConv1D,
         TuckerConv2D,
         TuckerSpatialConv2D,
     )
 
-    conv = keras.layers.Conv2D
+    conv, conv1d = keras.layers.Conv2D, keras.layers.Conv1D
     tables = {
         "spatial": [(conv, SpatialConv2D)],
-        "svd": [(conv, SVDConv2D), (keras.layers.Dense, SVDDense)],
-        "tucker2": [(conv, TuckerConv2D)],
+        "svd": [(conv, SVDConv2D), (conv1d, SVDConv1D), (keras.layers.Dense, SVDDense)],
+        "tucker2": [(conv, TuckerConv2D), (conv1d, TuckerConv1D)],
         "cp": [(conv, CPConv2D)],
         "tucker2_spatial": [(conv, TuckerSpatialConv2D)],
-        "output": [(conv, SVDConv2D)],
+        "output": [(conv, SVDConv2D), (conv1d, SVDConv1D)],
     }
     if method not in tables:
         raise ValueError(

@@ -25,14 +25,15 @@ def approximate_outputs(model, plan, data, batch_size=64, seed=0):
     """
     from . import graph
     from .decompositions import ResponseMoments, output_factors
-    from .layers import SVDConv2D
+    from .methods import factor_class, method_table
 
     rng = np.random.default_rng(seed)
     current = graph.rewrite(model, {})
     for name, choose_rank in plan:
         source = model.get_layer(name)
-        kernel = SVDConv2D._numpy(source.kernel)
-        bias = SVDConv2D._numpy(source.bias) if source.use_bias else None
+        cls = factor_class(method_table("output"), source)  # SVDConv2D or SVDConv1D
+        kernel = cls.source_kernel(source)
+        bias = cls._numpy(source.bias) if source.use_bias else None
         moments = ResponseMoments(kernel.shape[-1])
         original_inputs = graph.input_probe(model, name)
         approximated_inputs = graph.input_probe(current, name)
@@ -49,7 +50,7 @@ def approximate_outputs(model, plan, data, batch_size=64, seed=0):
         if rank is None:  # the rank asked for saves nothing: leave the layer
             continue
         factors = output_factors(kernel, bias, moments, rank)
-        new = SVDConv2D.from_factors(source, rank, (factors.first, factors.second), factors.bias,
+        new = cls.from_factors(source, rank, (factors.first, factors.second), factors.bias,
                                      factors.relative_error)
         current = graph.rewrite(current, {id(current.get_layer(name)): new})
     return current

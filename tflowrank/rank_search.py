@@ -132,7 +132,7 @@ def search(model, data, target, cost="macs", methods=DEFAULT_METHODS, candidates
     sites = _sites(model, methods, candidates, first_applicable)
     if not sites:
         raise ValueError(f"Model {model.name!r} has no layer that methods={methods!r} can factorize "
-                         "so that it costs less (Conv2D / Dense layers, called once).")
+                         "so that it costs less (Conv2D / Conv1D / Dense layers, called once).")
     key = _fingerprint(model, x, y, methods, candidates, max_samples, eval_fn, refit,
                        first_applicable)
     table = _read_cache(cache, key)
@@ -310,7 +310,8 @@ def _sites(model, methods, candidates, first_applicable=False):
     for call in calls:
         layer = call.layer
         if id(layer) in seen or times[id(layer)] > 1:
-            if times[id(layer)] > 1 and isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            if times[id(layer)] > 1 and isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D,
+                                                           keras.layers.Dense)):
                 left[layer.name] = f"called {times[id(layer)]} times (shared weights)"
             continue
         seen.add(id(layer))
@@ -330,7 +331,7 @@ def _sites(model, methods, candidates, first_applicable=False):
                 continue
             if method == "output" and call.path != layer.name:
                 continue  # the output method works on top-level layers only
-            if getattr(cls, "needs_spatial_extent", False) and tuple(layer.kernel_size) == (1, 1):
+            if getattr(cls, "needs_spatial_extent", False) and math.prod(layer.kernel_size) == 1:
                 continue
             measured = _measured_ranks(call, cls, original, candidates)
             if measured:
@@ -401,13 +402,12 @@ def _layer_curve(model, call, method, cls, measured, scorer, x, bar, targets=Non
     from .refit import fit_last_factor
 
     layer = call.layer
-    kernel = cls._numpy(layer.kernel)
+    kernel = cls.source_kernel(layer)
     bias = cls._numpy(layer.bias) if layer.use_bias else None
     allocated = (tuple(max(r[i] for r in measured) for i in range(len(measured[0])))
                  if isinstance(measured[0], tuple) else max(measured))
     if method == "output":
         from .decompositions import output_factors
-        from .layers import SVDConv2D
 
         moments = _moments(model, layer, x[:_CALIBRATION_SAMPLES])
 
@@ -416,7 +416,7 @@ def _layer_curve(model, call, method, cls, measured, scorer, x, bar, targets=Non
             return (fitted.first, fitted.second), fitted.bias
 
         values, new_bias = factors(allocated)
-        new = SVDConv2D.from_factors(layer, allocated, values, new_bias, None)
+        new = cls.from_factors(layer, allocated, values, new_bias, None)
     else:
         def factors(rank):
             if method == "cp":  # a bounded CP-ALS: see _CP_SWEEPS
@@ -581,7 +581,7 @@ def _layer_cost(kind, call, cls=None, rank=None, latency=None):
 
 def _left_whole(model, sites, kind, share):
     """Words naming the costliest layers no method factorizes, when they hold most of the cost
-    (a model of Conv1D layers, say, where only a Dense layer can be factorized)."""
+    (a model of depthwise-separable blocks, say, where only the pointwise layers can be)."""
     from .costs import cost
 
     if kind == "latency" or share < 0.5:
@@ -596,8 +596,9 @@ def _left_whole(model, sites, kind, share):
     whole = sorted((r for r in rows if r.name not in candidates and amount(r)), key=amount, reverse=True)
     named = ", ".join(f"{r.name} ({r.class_name}, {amount(r) / total:.2f})" for r in whole[:4])
     return (f"; {share:.2f} of it is in layers no method factorizes: {named}"
-            f"{', ...' if len(whole) > 4 else ''} (the methods factorize Conv2D and Dense layers, "
-            "each called once; depthwise, separable and grouped convolutions stay whole)")
+            f"{', ...' if len(whole) > 4 else ''} (the methods factorize Conv2D, Conv1D and Dense "
+            "layers, each called once; depthwise, separable, grouped and causal convolutions stay "
+            "whole)")
 
 
 def _plan(model, sites, table, target, kind, multiple_of, latency=None):

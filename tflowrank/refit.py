@@ -102,8 +102,8 @@ def _refit_layer(original, current, call, data, batch_size, ridge, rng):
 
 
 def layer_targets(model, name, data, batch_size=64, seed=0):
-    """The batches ``fit_last_factor`` takes for ``model``'s layer ``name`` (a top-level Conv2D or
-    Dense) alone: its inputs in ``model`` and its responses before the activation, at most
+    """The batches ``fit_last_factor`` takes for ``model``'s layer ``name`` (a top-level Conv2D,
+    Conv1D or Dense) alone: its inputs in ``model`` and its responses before the activation, at most
     ``_MAX_ROWS_PER_BATCH`` rows (output positions) per batch, the same rows every time they are
     used. A list: one computation serves every rank and method the search measures."""
     from . import graph
@@ -142,7 +142,10 @@ def fit_last_factor(layer, input_shape, batches, ridge=1e-3):
     from .decompositions import NormalEquations
 
     sliced = layer if layer.active_rank == layer.rank else layer.sliced()
-    *body, last = sliced.steps(input_shape)
+    steps = sliced.steps(input_shape)
+    if steps[-1].kind == "reshape":  # a 1-D chain's row dropped: the same positions either side
+        steps = steps[:-1]
+    *body, last = steps
     factor_name = layer.factors[-1][0]
     factor = layer._numpy(getattr(sliced, factor_name))
     if last.kind not in ("conv", "dense") or not np.array_equal(last.kernel.ravel(), factor.ravel()):

@@ -408,7 +408,7 @@ class FactorizedLayer(keras.layers.Layer):
         reason = cls.supports(layer)
         if reason:
             raise ValueError(f"Layer {layer.name!r} cannot be factorized by {cls.__name__}: {reason}.")
-        kernel = cls._numpy(layer.kernel)
+        kernel = cls.source_kernel(layer)
         cin = kernel.shape[-2]
         try:
             rank = cls.normalize_rank(rank)
@@ -418,6 +418,12 @@ class FactorizedLayer(keras.layers.Layer):
         values, error = cls._decompose(kernel, rank)
         bias = cls._numpy(layer.bias) if layer.use_bias else None
         return cls.from_factors(layer, rank, values, bias, error)
+
+    @classmethod
+    def source_kernel(cls, layer):
+        """``layer``'s kernel as a NumPy array in the layout the factors decompose (a Conv1D's
+        ``(k, cin, cout)`` becomes the one-row ``(1, k, cin, cout)`` for the 1-D chains)."""
+        return cls._numpy(layer.kernel)
 
     @classmethod
     def from_factors(cls, layer, rank, values, bias, reconstruction_error):
@@ -580,12 +586,12 @@ class KernelSVD:
 
     @classmethod
     def energy_spectra(cls, layer):
-        kernel = cls._numpy(layer.kernel).astype(np.float64)
+        kernel = cls.source_kernel(layer).astype(np.float64)
         return (np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False),)
 
     @classmethod
     def vbmf_rank(cls, layer):
-        kernel = cls._numpy(layer.kernel)
+        kernel = cls.source_kernel(layer)
         return matrix_rank(kernel.reshape(-1, kernel.shape[-1]), ("vbmf",))
 
     @classmethod

@@ -78,11 +78,11 @@ class TuckerConv2D(FactorizedConv2D):
 
     @classmethod
     def energy_spectra(cls, layer):
-        return channel_spectra(cls._numpy(layer.kernel))
+        return channel_spectra(cls.source_kernel(layer))
 
     @classmethod
     def vbmf_rank(cls, layer):
-        return vbmf_ranks_tucker2(cls._numpy(layer.kernel))
+        return vbmf_ranks_tucker2(cls.source_kernel(layer))
 
     @classmethod
     def _decompose(cls, kernel, rank):

@@ -1,0 +1,183 @@
+"""Factorized 1-D convolutions: the 2-D chains run on the sequence seen as one image row.
+
+TFLite runs a ``keras.layers.Conv1D`` as a CONV_2D over ``(batch, 1, steps, channels)`` with the
+``(1, k, cin, cout)`` kernel. A factorized Conv1D is the same: the input gets a row axis, a 2-D
+chain whose kernels have one row runs (``SVDConv2D``'s ``1 x k`` then ``1 x 1``, or
+``TuckerConv2D``'s ``1 x 1``, ``1 x k`` core, ``1 x 1``), and the row axis is dropped. The
+decompositions are those of the one-row kernel, so everything the 2-D classes compute (ranks,
+MACs, spectra, factors, steps, quantization) carries over unchanged.
+
+``SpatialConv2D``, ``CPConv2D`` and ``TuckerSpatialConv2D`` have no 1-D form: they separate the two
+spatial axes of a kernel, and a 1-D kernel has one. A causal Conv1D (left padding only) is left
+whole.
+
+The geometry is stored as the one-row 2-D convolution's: ``kernel_size`` ``(1, k)``, ``strides``
+``(1, s)``, ``dilation_rate`` ``(1, d)``; the constructors also take the Conv1D forms (``k``,
+``(k,)``).
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from .. import _shapes
+from ..interop import Step
+from ._base import FactorizedLayer
+from .svd_conv2d import SVDConv2D
+from .tucker_conv2d import TuckerConv2D
+
+__all__ = ["SVDConv1D", "TuckerConv1D"]
+
+
+def _row(value, name):
+    """A Conv1D size (``k``, ``(k,)``) or a one-row 2-D one (``(1, k)``) as ``(1, k)``."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value),)
+    try:
+        value = tuple(value)
+    except TypeError:
+        value = None
+    if value is not None and len(value) == 2 and value[0] == 1:
+        value = value[1:]
+    if (value is None or len(value) != 1 or isinstance(value[0], bool)
+            or not isinstance(value[0], (int, np.integer)) or value[0] < 1):
+        raise ValueError(f"`{name}` of a 1-D convolution must be a positive int (or a tuple of one). "
+                         f"Received: {name}={value!r}")
+    return (1, int(value[0]))
+
+
+def row_shape(shape):
+    """``(batch, steps, channels)`` as the one-row image ``(batch, 1, steps, channels)``; a
+    4-D shape is returned as it is."""
+    shape = tuple(shape)
+    return shape if len(shape) == 4 else (shape[0], 1, *shape[1:])
+
+
+class _RowView:
+    """A ``keras.layers.Conv1D`` seen as the one-row Conv2D TFLite runs it as (what the 2-D
+    classmethods read: geometry, filters, kernel)."""
+
+    def __init__(self, layer):
+        self.name = layer.name
+        self.filters = layer.filters
+        self.kernel_size = _row(layer.kernel_size, "kernel_size")
+        self.strides = _row(layer.strides, "strides")
+        self.dilation_rate = _row(layer.dilation_rate, "dilation_rate")
+        self.padding = layer.padding
+        self.use_bias = layer.use_bias
+        self.kernel = layer.kernel
+
+
+def _view(layer):
+    return layer if isinstance(layer, FactorizedLayer) else _RowView(layer)
+
+
+class _OneRow:
+    """What turns a factorized 2-D convolution class into its 1-D form (a mixin placed first)."""
+
+    source_types = ("Conv1D",)
+    input_ndim = 3
+
+    def __init__(self, filters, kernel_size, rank, strides=1, padding="valid", dilation_rate=1,
+                 **kwargs):
+        super().__init__(filters, _row(kernel_size, "kernel_size"), rank,
+                         strides=_row(strides, "strides"), padding=padding,
+                         dilation_rate=_row(dilation_rate, "dilation_rate"), **kwargs)
+        self.input_spec = keras.layers.InputSpec(ndim=3)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.input_spec = keras.layers.InputSpec(ndim=3, axes={-1: self._input_channels})
+
+    def call(self, inputs):
+        return ops.squeeze(super().call(ops.expand_dims(inputs, 1)), 1)
+
+    def compute_output_shape(self, input_shape):
+        _, steps = _shapes.conv_output_hw((1, input_shape[1]), self.kernel_size, self.strides,
+                                          self.dilation_rate, self.padding)
+        return (input_shape[0], steps, self.filters)
+
+    def steps(self, input_shape=None):
+        """The 2-D chain's steps between a reshape to one row and a reshape back."""
+        inner = super().steps(None if input_shape is None else row_shape(input_shape))
+        return [Step("reshape", "row", shape=(1, -1, self._input_channels)), *inner,
+                Step("reshape", "unrow", shape=(-1, self.filters))]
+
+    def dense_macs(self, input_shape):
+        return super().dense_macs(row_shape(input_shape))
+
+    def dense_kernel(self):
+        return super().dense_kernel()[0]
+
+    def to_dense(self):
+        dense = keras.layers.Conv1D(
+            self.filters, self.kernel_size[1], strides=self.strides[1], padding=self.padding,
+            dilation_rate=self.dilation_rate[1], activation=keras.activations.serialize(self.activation),
+            use_bias=self.use_bias, name=self.name, dtype=self.dtype_policy)
+        dense.build((None, None, self._input_channels))
+        dense.kernel.assign(self.dense_kernel())
+        if self.use_bias:
+            dense.bias.assign(self._numpy(self.bias))
+        return dense
+
+    # -- what factorize and cost ask (the source layer seen as one row) -------------------------
+    @classmethod
+    def supports(cls, layer):
+        if not isinstance(layer, keras.layers.Conv1D):
+            return f"{type(layer).__name__} is not a Conv1D"
+        if layer.groups != 1:
+            return f"groups={layer.groups} is not supported (only groups=1)"
+        if layer.data_format != "channels_last":
+            return f"data_format={layer.data_format!r} is not supported (only 'channels_last')"
+        if layer.padding == "causal":
+            return "padding='causal' is not supported (only 'valid' and 'same')"
+        if getattr(layer, "quantization_mode", None):
+            return f"the layer is already quantized (quantization_mode={layer.quantization_mode!r})"
+        if not layer.built:
+            return "the layer is not built (it has no weights yet)"
+        return None
+
+    @classmethod
+    def source_kernel(cls, layer):
+        kernel = cls._numpy(layer.kernel)
+        return kernel if kernel.ndim == 4 else kernel[None]
+
+    @classmethod
+    def full_rank_of(cls, layer, input_channels):
+        return super().full_rank_of(_view(layer), input_channels)
+
+    @classmethod
+    def factor_shapes(cls, layer, rank, input_channels):
+        return super().factor_shapes(_view(layer), rank, input_channels)
+
+    @classmethod
+    def macs_for(cls, layer, rank, input_shape):
+        return super().macs_for(_view(layer), rank, row_shape(input_shape))
+
+
+@keras.saving.register_keras_serializable(package="tflowrank")
+class SVDConv1D(_OneRow, SVDConv2D):
+    """Channel-factorized 1-D convolution: a ``k``-tap convolution (cin -> rank), then a
+    pointwise one (rank -> filters), from the truncated SVD of the ``(k*cin, cout)`` kernel.
+
+    Args: as ``keras.layers.Conv1D`` (``padding`` ``"valid"`` or ``"same"``) with ``rank``.
+    Weights (one-row 2-D layout): ``kernel_spatial`` ``(1, k, cin, rank)``, ``kernel_pointwise``
+    ``(1, 1, rank, filters)``, ``bias`` ``(filters,)``.
+
+    ``SVDConv1D.from_layer(conv1d, rank)`` builds one from a trained ``keras.layers.Conv1D``; the
+    ``"svd"`` and ``"output"`` methods of ``tflowrank.factorize`` use it.
+    """
+
+
+@keras.saving.register_keras_serializable(package="tflowrank")
+class TuckerConv1D(_OneRow, TuckerConv2D):
+    """Tucker-2 factorized 1-D convolution: pointwise (cin -> r_in), ``k``-tap core
+    (r_in -> r_out), pointwise (r_out -> filters).
+
+    Args: as ``keras.layers.Conv1D`` (``padding`` ``"valid"`` or ``"same"``) with ``rank`` an int
+    or ``(r_in, r_out)``. Weights (one-row 2-D layout): ``kernel_first`` ``(1, 1, cin, r_in)``,
+    ``kernel_core`` ``(1, k, r_in, r_out)``, ``kernel_last`` ``(1, 1, r_out, filters)``.
+
+    ``TuckerConv1D.from_layer(conv1d, rank)`` builds one from a trained ``keras.layers.Conv1D``;
+    the ``"tucker2"`` method of ``tflowrank.factorize`` uses it.
+    """
