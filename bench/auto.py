@@ -97,7 +97,7 @@ def uniform_plan(model, method, target, layers=UNIFORM_LAYERS):
     after = {row.name.split("/")[-1]: row for row in cost(new).layers}
     entries = []
     for name in by_name:
-        if by_name[name].macs == 0 or by_name[name].class_name not in ("Conv2D", "Dense"):
+        if by_name[name].macs == 0 or by_name[name].class_name not in ("Conv2D", "Conv1D", "Dense"):
             continue
         layer = new.get_layer(name)
         if name in layers:
