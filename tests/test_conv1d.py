@@ -183,6 +183,23 @@ def test_a_lowered_rank_finalizes_to_the_smaller_chain(trained):
     _close(final(x[:8]), expected, 1e-5)
 
 
+@pytest.mark.parametrize("method, target", [("svd", 3), ("tucker2", (3, 4))])
+def test_rank_scheduler_lowers_the_ranks_during_fit(trained, method, target):
+    from tflowrank.callbacks import RankScheduler
+
+    model, (x, y), _ = trained
+    factorized = tflowrank.factorize(model, method, {"b": 1.0, "c": 1.0})
+    factorized.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    factorized.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0,
+                   callbacks=[RankScheduler(target, layers=["b", "c"])])
+    for name in ("b", "c"):
+        layer = factorized.get_layer(name)
+        assert layer.active_rank == target and layer.rank != target
+    final = tflowrank.finalize(factorized)
+    assert final.get_layer("b").rank == target
+    _close(final(x[:8]), factorized(x[:8]), 1e-5)
+
+
 def test_refit_and_the_output_method_fit_the_responses(trained):
     model, (x, _), _ = trained
     rank = {"b": 4, "c": 4}

@@ -54,18 +54,15 @@ def row_shape(shape):
 
 
 class _RowView:
-    """A ``keras.layers.Conv1D`` seen as the one-row Conv2D TFLite runs it as (what the 2-D
-    classmethods read: geometry, filters, kernel)."""
+    """A ``keras.layers.Conv1D`` seen as the one-row Conv2D TFLite runs it as: the geometry and
+    filters the 2-D classmethods read for ranks, factor shapes and MACs."""
 
     def __init__(self, layer):
-        self.name = layer.name
         self.filters = layer.filters
         self.kernel_size = _row(layer.kernel_size, "kernel_size")
         self.strides = _row(layer.strides, "strides")
         self.dilation_rate = _row(layer.dilation_rate, "dilation_rate")
         self.padding = layer.padding
-        self.use_bias = layer.use_bias
-        self.kernel = layer.kernel
 
 
 def _view(layer):
@@ -141,6 +138,11 @@ class _OneRow:
     def source_kernel(cls, layer):
         kernel = cls._numpy(layer.kernel)
         return kernel if kernel.ndim == 4 else kernel[None]
+
+    @classmethod
+    def _decompose(cls, kernel, rank):
+        # a Conv1D layout kernel too: RankScheduler re-projects dense_kernel(), which is one
+        return super()._decompose(kernel if kernel.ndim == 4 else kernel[None], rank)
 
     @classmethod
     def full_rank_of(cls, layer, input_channels):
