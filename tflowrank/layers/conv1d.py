@@ -7,9 +7,10 @@ chain whose kernels have one row runs (``SVDConv2D``'s ``1 x k`` then ``1 x 1``,
 decompositions are those of the one-row kernel, so everything the 2-D classes compute (ranks,
 MACs, spectra, factors, steps, quantization) carries over unchanged.
 
-``SpatialConv2D``, ``CPConv2D`` and ``TuckerSpatialConv2D`` have no 1-D form: they separate the two
-spatial axes of a kernel, and a 1-D kernel has one. A causal Conv1D (left padding only) is left
-whole.
+``SpatialConv2D``, ``CPConv2D`` and ``TuckerSpatialConv2D`` have no 1-D form: their chains
+separate the two spatial axes of a kernel, and a 1-D kernel has one (a 1-D CP chain, pointwise,
+depthwise k-tap, pointwise, would be a class of its own; there is none yet). A causal Conv1D
+(left padding only) is left whole.
 
 The geometry is stored as the one-row 2-D convolution's: ``kernel_size`` ``(1, k)``, ``strides``
 ``(1, s)``, ``dilation_rate`` ``(1, d)``; the constructors also take the Conv1D forms (``k``,
