@@ -74,6 +74,24 @@ def check_rank(rank, full_rank, layer_name):
     return int(rank)
 
 
+def weights_reason(layer):
+    """Why the weights of ``layer`` (of a supported class) cannot be factorized, or None."""
+    if getattr(layer, "quantization_mode", None):
+        return f"the layer is already quantized (quantization_mode={layer.quantization_mode!r})"
+    if not layer.built:
+        return "the layer is not built (it has no weights yet)"
+    return None
+
+
+def conv_reason(layer):
+    """Why the convolution ``layer`` (1-D or 2-D) cannot be factorized, or None."""
+    if layer.groups != 1:
+        return f"groups={layer.groups} is not supported (only groups=1)"
+    if layer.data_format != "channels_last":
+        return f"data_format={layer.data_format!r} is not supported (only 'channels_last')"
+    return weights_reason(layer)
+
+
 class FactorizedLayer(keras.layers.Layer):
     """Base of every tflowrank factorized layer."""
 
@@ -558,15 +576,7 @@ class FactorizedConv2D(FactorizedLayer):
             if isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)):
                 return "depthwise convolutions are never factorized (they are already cheap)"
             return f"{type(layer).__name__} is not a Conv2D"
-        if layer.groups != 1:
-            return f"groups={layer.groups} is not supported (only groups=1)"
-        if layer.data_format != "channels_last":
-            return f"data_format={layer.data_format!r} is not supported (only 'channels_last')"
-        if getattr(layer, "quantization_mode", None):
-            return f"the layer is already quantized (quantization_mode={layer.quantization_mode!r})"
-        if not layer.built:
-            return "the layer is not built (it has no weights yet)"
-        return None
+        return conv_reason(layer)
 
     @classmethod
     def _config_from(cls, layer):

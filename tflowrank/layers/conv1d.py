@@ -23,7 +23,7 @@ from keras import ops
 
 from .. import _shapes
 from ..interop import Step
-from ._base import FactorizedLayer
+from ._base import FactorizedLayer, conv_reason
 from .svd_conv2d import SVDConv2D
 from .tucker_conv2d import TuckerConv2D
 
@@ -123,17 +123,9 @@ class _OneRow:
     def supports(cls, layer):
         if not isinstance(layer, keras.layers.Conv1D):
             return f"{type(layer).__name__} is not a Conv1D"
-        if layer.groups != 1:
-            return f"groups={layer.groups} is not supported (only groups=1)"
-        if layer.data_format != "channels_last":
-            return f"data_format={layer.data_format!r} is not supported (only 'channels_last')"
         if layer.padding == "causal":
             return "padding='causal' is not supported (only 'valid' and 'same')"
-        if getattr(layer, "quantization_mode", None):
-            return f"the layer is already quantized (quantization_mode={layer.quantization_mode!r})"
-        if not layer.built:
-            return "the layer is not built (it has no weights yet)"
-        return None
+        return conv_reason(layer)
 
     @classmethod
     def source_kernel(cls, layer):

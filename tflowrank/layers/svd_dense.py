@@ -5,7 +5,7 @@ from keras import ops
 
 from .. import _shapes
 from ..interop import Step
-from ._base import FactorizedLayer, KernelSVD, _positive_int
+from ._base import FactorizedLayer, KernelSVD, _positive_int, weights_reason
 
 __all__ = ["SVDDense"]
 
@@ -66,11 +66,7 @@ class SVDDense(KernelSVD, FactorizedLayer):
     def supports(cls, layer):
         if not isinstance(layer, keras.layers.Dense):
             return f"{type(layer).__name__} is not a Dense layer"
-        if getattr(layer, "quantization_mode", None):
-            return f"the layer is already quantized (quantization_mode={layer.quantization_mode!r})"
-        if not layer.built:
-            return "the layer is not built (it has no weights yet)"
-        return None
+        return weights_reason(layer)
 
     @classmethod
     def full_rank_of(cls, layer, input_channels):
