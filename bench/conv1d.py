@@ -2,6 +2,7 @@
 
     python bench/conv1d.py            # full data: about 10 minutes
     python bench/conv1d.py --quick    # smoke test: 4,096 training / 1,000 test images, 1 epoch
+    python bench/conv1d.py --budgets 3x   # one budget only
 
 Each image is read as a sequence of 28 time steps (its rows) of 28 features (the pixels of the
 row), the sequential Fashion-MNIST task, so a real dataset exercises the 1-D path. The model,
@@ -131,6 +132,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a smoke test on a data slice")
     parser.add_argument("--train-epochs", type=int, default=None,
                         help="epochs training the baseline (default: 12, or 1 with --quick)")
+    parser.add_argument("--budgets", default=",".join(BUDGETS),
+                        help="comma-separated budgets among 3x, 5x (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per int8 model")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -139,10 +142,14 @@ def main(argv=None):
     train_epochs = args.train_epochs or (1 if args.quick else 12)
     if train_epochs < 1:
         parser.error(f"--train-epochs must be >= 1; got {train_epochs}")
+    budgets = args.budgets.split(",")
+    if not budgets or any(b not in BUDGETS for b in budgets):
+        parser.error(f"--budgets takes {', '.join(BUDGETS)}; got {args.budgets!r}")
     require_fashion_mnist()
     record = {"command": command_line(), "environment": environment(),
               "config": {"train": sizes[0], "test": sizes[1], "train_epochs": train_epochs,
-                         "finetune_epochs": epochs, "runs": args.runs, "repeats": REPEATS,
+                         "finetune_epochs": epochs, "budgets": budgets, "runs": args.runs,
+                         "repeats": REPEATS,
                          "quick": args.quick, "seed": 0},
               "load_average_start": load_average(), "rows": []}
     started = time.perf_counter()
@@ -151,7 +158,8 @@ def main(argv=None):
         print("[conv1d] training the baseline ...", flush=True)
         record["baseline"] = run_isolated(_train, model_path, sizes, train_epochs)
         write_json(args.json, record)
-        for name, target in BUDGETS.items():
+        for name in budgets:
+            target = BUDGETS[name]
             for uniform in (False, True):
                 label = f"{name} {'uniform svd' if uniform else 'tflowrank'}"
                 print(f"[conv1d] {label} ...", flush=True)
