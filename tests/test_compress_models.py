@@ -187,9 +187,9 @@ def test_a_model_without_an_int8_kernel_is_refused_before_the_search(tmp_path):
 
 def test_a_model_whose_cost_is_in_layers_no_method_factorizes_is_told_which():
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((64, 8))  # causal 1-D convolutions: no method factorizes them
-    x = keras.layers.Conv1D(32, 5, padding="causal", activation="relu", name="conv1d_a")(inputs)
-    x = keras.layers.Conv1D(32, 5, padding="causal", activation="relu", name="conv1d_b")(x)
+    inputs = keras.Input((64, 8))  # grouped 1-D convolutions: no method factorizes them
+    x = keras.layers.Conv1D(32, 5, padding="same", groups=2, activation="relu", name="conv1d_a")(inputs)
+    x = keras.layers.Conv1D(32, 5, padding="same", groups=4, activation="relu", name="conv1d_b")(x)
     outputs = keras.layers.Dense(4, name="head")(keras.layers.GlobalAveragePooling1D()(x))
     model = keras.Model(inputs, outputs)
     x = np.random.default_rng(0).normal(size=(32, 64, 8)).astype("float32")

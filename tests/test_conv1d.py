@@ -43,7 +43,7 @@ def _plain_keras(model):
 
 
 @pytest.mark.parametrize("cls", CLASSES)
-@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("padding", ["valid", "same", "causal"])
 def test_the_chain_is_the_conv1d_at_full_rank_and_its_own_kernel_below(cls, padding):
     x = np.random.default_rng(9).normal(size=(3, 17, 4)).astype("float32")
     for index, geometry in enumerate(GEOMETRIES):
@@ -58,13 +58,19 @@ def test_the_chain_is_the_conv1d_at_full_rank_and_its_own_kernel_below(cls, padd
         dense = low.to_dense()  # the Conv1D this chain computes
         assert isinstance(dense, keras.layers.Conv1D)
         assert dense.kernel_size == (geometry[0],) and dense.strides == (geometry[1],)
+        assert dense.padding == padding and low.get_config()["padding"] == padding
         _close(low(x), dense(x))
-        # the plain steps (reshape to one row, 2-D convolutions, reshape back) compute the same
+        # the plain steps (reshape to one row, [left zeros,] 2-D convolutions, reshape back)
         inputs = keras.Input((17, 4))
         model = keras.Model(inputs, low(inputs))
-        steps = low.steps(x.shape)
-        assert [s.kind for s in (steps[0], steps[-1])] == ["reshape", "reshape"]
+        kinds = [s.kind for s in low.steps(x.shape)]
+        assert kinds[0] == kinds[-1] == "reshape" and (kinds[1] == "pad") == (padding == "causal")
         _close(_plain_keras(model)(x), low(x))
+        if padding == "causal":  # each output sees the present and the past only
+            later = x.copy()
+            later[:, 9:] += 1.0
+            _close(low(later)[:, :9 // geometry[1] + (9 % geometry[1] > 0)],
+                   low(x)[:, :9 // geometry[1] + (9 % geometry[1] > 0)])
 
 
 def test_macs_and_parameters_of_the_chains():
@@ -79,6 +85,11 @@ def test_macs_and_parameters_of_the_chains():
     layer = SVDConv1D.from_layer(source, 3)
     assert layer.macs(shape) == SVDConv1D.macs_for(source, 3, shape)
     assert layer.dense_macs(shape) == 17 * 5 * 4 * 6
+    causal = _conv1d((5, 1, 2), "causal", cin=4, filters=6)  # 8 zeros on the left, 17 outputs
+    assert SVDConv1D.macs_for(causal, 3, shape) == 17 * 5 * 4 * 3 + 17 * 3 * 6
+    # Tucker's first pointwise step runs over the zeros too (it comes before the k-tap core)
+    assert TuckerConv1D.macs_for(causal, (2, 3), shape) == 25 * 4 * 2 + 17 * 5 * 2 * 3 + 17 * 3 * 6
+    assert TuckerConv1D.from_layer(causal, (2, 3)).dense_macs(shape) == 17 * 5 * 4 * 6
 
 
 def test_constructor_takes_conv1d_sizes_and_names_bad_ones():
@@ -91,27 +102,29 @@ def test_constructor_takes_conv1d_sizes_and_names_bad_ones():
         SVDConv1D(filters=6, kernel_size=(3, 3), rank=2)
     with pytest.raises(ValueError, match=r"`strides` of a 1-D convolution .* Received: strides=\(0,\)"):
         TuckerConv1D(filters=6, kernel_size=3, rank=2, strides=0)
-    with pytest.raises(ValueError, match=r"`padding` must be 'valid' or 'same'. Received: padding='causal'"):
-        SVDConv1D(filters=6, kernel_size=3, rank=2, padding="causal")
+    causal = SVDConv1D(filters=6, kernel_size=3, rank=2, padding="causal", dilation_rate=2)
+    assert causal.causal and causal.padding == "valid"  # the chain's own convolutions
+    assert SVDConv1D.from_config(causal.get_config()).causal
+    with pytest.raises(ValueError, match=r"`padding` must be 'valid' or 'same'. Received: padding='full'"):
+        SVDConv1D(filters=6, kernel_size=3, rank=2, padding="full")
 
 
 def test_what_the_methods_refuse():
-    causal = _conv1d((3, 1, 1), "causal")
     grouped = _conv1d((3, 1, 1), "same", groups=2)
-    assert "padding='causal'" in SVDConv1D.supports(causal)
     assert "groups=2" in TuckerConv1D.supports(grouped)
     assert "is not a Conv1D" in SVDConv1D.supports(keras.layers.Dense(3))
+    assert SVDConv1D.supports(_conv1d((3, 1, 1), "causal")) is None
     inputs = keras.Input((32, 4))
-    x = keras.layers.Conv1D(8, 3, padding="causal", name="causal")(inputs)
-    x = keras.layers.Conv1D(8, 3, padding="same", name="plain")(x)
+    x = keras.layers.Conv1D(8, 3, padding="same", groups=2, name="grouped")(inputs)
+    x = keras.layers.Conv1D(8, 3, padding="causal", name="plain")(x)
     model = keras.Model(inputs, x)
-    with pytest.raises(ValueError, match=r"'causal' cannot be factorized with method='svd': "
-                                         r"padding='causal' is not supported"):
-        tflowrank.factorize(model, "svd", 2, layers=["causal"])
+    with pytest.raises(ValueError, match=r"'grouped' cannot be factorized with method='svd': "
+                                         r"groups=2 is not supported"):
+        tflowrank.factorize(model, "svd", 2, layers=["grouped"])
     with pytest.raises(ValueError, match=r"'plain' cannot be factorized with method='spatial': "
                                          r"method 'spatial' has no factorization for Conv1D"):
         tflowrank.factorize(model, "spatial", 2, layers=["plain"])
-    with pytest.warns(UserWarning, match=r"causal: padding='causal' is not supported"):
+    with pytest.warns(UserWarning, match=r"grouped: groups=2 is not supported"):
         factorized = tflowrank.factorize(model, "svd", 2)
     assert [type(layer).__name__ for layer in factorized.layers[1:]] == ["Conv1D", "SVDConv1D"]
 
@@ -124,7 +137,7 @@ def _sensor_model(seed=0):
     x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="a_bn")(x))
     x = keras.layers.Conv1D(32, 5, strides=2, padding="same", activation="relu", name="b")(x)
     x = keras.layers.MaxPooling1D(2)(x)
-    x = keras.layers.Conv1D(32, 3, padding="same", dilation_rate=2, activation="relu", name="c")(x)
+    x = keras.layers.Conv1D(32, 3, padding="causal", dilation_rate=2, activation="relu", name="c")(x)
     x = keras.layers.Conv1D(32, 1, activation="relu", name="pointwise")(x)
     x = keras.layers.GlobalAveragePooling1D()(x)
     return keras.Model(inputs, keras.layers.Dense(4, name="head")(x))
@@ -244,6 +257,7 @@ def test_quantization_aware_chains_export_fully_int8_and_compress_end_to_end(tra
     result = tflowrank.export_tflite(qat_model, tmp_path / "chains.tflite")
     assert inspect_tflite(result.path).is_fully_int8
     assert result.ops["CONV_2D"] == 3 * 3 + 1  # a, b and c as Tucker chains, and the pointwise
+    assert result.ops["PAD"] == 1  # c's left zeros
     steps = _output_steps(qat_model, result.path, x_val[:64])
     assert steps.max() <= 2.01 and steps.mean() < 0.5  # a strided conv, as in test_qat's Conv1D
 

@@ -493,9 +493,28 @@ def test_conv1d_runs_as_tflite_runs_it_a_conv2d_on_one_row(tmp_path):
     assert inspect_tflite(result.path).is_fully_int8 and result.ops["CONV_2D"] == 4
     steps = _output_steps(qat_model, result.path, x[:64])
     assert steps.max() <= 2.01 and steps.mean() < 0.5  # as for the same model in 2-D (one row)
-    causal = keras.Model(inputs, keras.layers.Conv1D(4, 3, padding="causal", name="causal")(inputs))
-    with pytest.raises(ValueError, match=r"'causal' \(Conv1D: padding='causal'"):
-        tflowrank.quantize_aware(causal)
+
+
+@pytest.mark.slow
+def test_causal_conv1d_pads_on_the_left_as_tflite_does(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((48, 4))  # a streaming model: each output sees the present and the past
+    x = keras.layers.Conv1D(16, 3, padding="causal", use_bias=False, name="first")(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="first_bn")(x))
+    x = keras.layers.Conv1D(16, 3, padding="causal", dilation_rate=2, activation="relu")(x)
+    x = keras.layers.Conv1D(16, 3, padding="causal", dilation_rate=4, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(5, name="head")(x))
+    qat_model = tflowrank.quantize_aware(model)
+    x = np.random.default_rng(0).normal(size=(128, 48, 4)).astype("float32")
+    np.testing.assert_allclose(qat_model.predict(x[:8], verbose=0), model.predict(x[:8], verbose=0),
+                               atol=0.01)
+    _track_ranges(qat_model, x, np.random.default_rng(1).integers(0, 5, 128), epochs=2)
+    result = tflowrank.export_tflite(qat_model, tmp_path / "causal.tflite")
+    assert inspect_tflite(result.path).is_fully_int8
+    assert result.ops["CONV_2D"] == 3 and result.ops["PAD"] == 3
+    steps = _output_steps(qat_model, result.path, x[:64])
+    assert steps.max() <= 1.01 and steps.mean() < 0.1  # no strided conv: as the 2-D convs
 
 
 @pytest.mark.slow

@@ -148,7 +148,11 @@ def linear_responses(layer, inputs):
     array."""
     ops = keras.ops
     if len(layer.kernel.shape) >= 3:
-        y = ops.conv(inputs, layer.kernel, strides=layer.strides, padding=layer.padding,
+        padding = layer.padding
+        if padding == "causal":  # a Conv1D: zeros on the left, then "valid"
+            left = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
+            inputs, padding = ops.pad(inputs, ((0, 0), (left, 0), (0, 0))), "valid"
+        y = ops.conv(inputs, layer.kernel, strides=layer.strides, padding=padding,
                      dilation_rate=layer.dilation_rate)
     else:
         y = ops.matmul(inputs, layer.kernel)

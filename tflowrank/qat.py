@@ -273,8 +273,6 @@ class _Builder:
         name = type(layer).__name__
         if getattr(layer, "data_format", "channels_last") != "channels_last":
             return f"data_format={layer.data_format!r} (only 'channels_last')"
-        if getattr(layer, "padding", None) == "causal":
-            return "padding='causal' (only 'valid' and 'same')"
         if getattr(layer, "quantization_mode", None):
             return f"already quantized by Keras (quantization_mode={layer.quantization_mode!r})"
         if self._fn_name(layer.activation) is None and self._split_activation(layer) is None:

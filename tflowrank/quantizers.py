@@ -143,9 +143,14 @@ def _compute_conv(layer, x, kernel):
 def _compute_conv1d(layer, x, kernel):
     """A Conv1D as TFLite runs it: a CONV_2D over ``(batch, 1, steps, channels)`` with the
     ``(1, k, cin, cout)`` kernel (``kernel`` is that, so its FakeQuant keeps the channel axis
-    last: the converter cannot carry a per-channel FakeQuant through the kernel's reshape)."""
+    last: the converter cannot carry a per-channel FakeQuant through the kernel's reshape). A
+    causal one pads the sequence on the left first, as TFLite does (an int8 PAD keeps its
+    input's scale)."""
     (stride,), (dilation,) = layer.strides, layer.dilation_rate
-    outputs = ops.conv(ops.expand_dims(x, 1), kernel, strides=(1, stride), padding=layer.padding,
+    padding = layer.padding
+    if padding == "causal":
+        x, padding = ops.pad(x, ((0, 0), ((kernel.shape[1] - 1) * dilation, 0), (0, 0))), "valid"
+    outputs = ops.conv(ops.expand_dims(x, 1), kernel, strides=(1, stride), padding=padding,
                        dilation_rate=(1, dilation))
     return ops.squeeze(outputs, 1)
 

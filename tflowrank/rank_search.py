@@ -597,7 +597,7 @@ def _left_whole(model, sites, kind, share):
     named = ", ".join(f"{r.name} ({r.class_name}, {amount(r) / total:.2f})" for r in whole[:4])
     return (f"; {share:.2f} of it is in layers no method factorizes: {named}"
             f"{', ...' if len(whole) > 4 else ''} (the methods factorize Conv2D, Conv1D and Dense "
-            "layers, each called once; depthwise, separable, grouped and causal convolutions stay "
+            "layers, each called once; depthwise, separable and grouped convolutions stay "
             "whole)")
 
 

@@ -9,12 +9,14 @@ MACs, spectra, factors, steps, quantization) carries over unchanged.
 
 ``SpatialConv2D``, ``CPConv2D`` and ``TuckerSpatialConv2D`` have no 1-D form: their chains
 separate the two spatial axes of a kernel, and a 1-D kernel has one (a 1-D CP chain, pointwise,
-depthwise k-tap, pointwise, would be a class of its own; there is none yet). A causal Conv1D
-(left padding only) is left whole.
+depthwise k-tap, pointwise, would be a class of its own; there is none yet).
 
 The geometry is stored as the one-row 2-D convolution's: ``kernel_size`` ``(1, k)``, ``strides``
 ``(1, s)``, ``dilation_rate`` ``(1, d)``; the constructors also take the Conv1D forms (``k``,
-``(k,)``).
+``(k,)``). ``padding="causal"`` (each output sees only the present and the past, as in streaming
+audio models) pads the sequence on the left with ``(k - 1) * d`` zeros and runs the chain with
+``"valid"`` padding, as TFLite runs a causal Conv1D (a PAD, then the convolution); the 1 x 1 steps
+before the k-tap one have no bias, so zeros stay zeros through them.
 """
 
 import keras
@@ -63,11 +65,30 @@ class _RowView:
         self.kernel_size = _row(layer.kernel_size, "kernel_size")
         self.strides = _row(layer.strides, "strides")
         self.dilation_rate = _row(layer.dilation_rate, "dilation_rate")
-        self.padding = layer.padding
+        self.padding = "valid" if layer.padding == "causal" else layer.padding
 
 
 def _view(layer):
     return layer if isinstance(layer, FactorizedLayer) else _RowView(layer)
+
+
+def _causal(layer):
+    """Whether ``layer`` (a Conv1D or a 1-D chain) pads on the left only."""
+    return bool(getattr(layer, "causal", False)) or getattr(layer, "padding", None) == "causal"
+
+
+def _left(layer):
+    """The zeros a causal ``layer`` puts before the sequence (0 when not causal)."""
+    kernel_size = _row(layer.kernel_size, "kernel_size")
+    dilation = _row(layer.dilation_rate, "dilation_rate")
+    return (kernel_size[1] - 1) * dilation[1] if _causal(layer) else 0
+
+
+def _widened(layer, input_shape):
+    """``input_shape`` as the one row the chain convolves: with a causal layer's left zeros."""
+    shape = row_shape(input_shape)
+    left = _left(layer)
+    return shape if not left or shape[2] is None else (*shape[:2], shape[2] + left, shape[3])
 
 
 class _OneRow:
@@ -78,38 +99,54 @@ class _OneRow:
 
     def __init__(self, filters, kernel_size, rank, strides=1, padding="valid", dilation_rate=1,
                  **kwargs):
+        causal = isinstance(padding, str) and padding.lower() == "causal"
         super().__init__(filters, _row(kernel_size, "kernel_size"), rank,
-                         strides=_row(strides, "strides"), padding=padding,
+                         strides=_row(strides, "strides"), padding="valid" if causal else padding,
                          dilation_rate=_row(dilation_rate, "dilation_rate"), **kwargs)
+        #: the chain runs with ``padding="valid"`` after ``(k - 1) * d`` zeros on the left
+        self.causal = causal
         self.input_spec = keras.layers.InputSpec(ndim=3)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.causal:
+            config["padding"] = "causal"
+        return config
 
     def build(self, input_shape):
         super().build(input_shape)
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={-1: self._input_channels})
 
     def call(self, inputs):
-        return ops.squeeze(super().call(ops.expand_dims(inputs, 1)), 1)
+        x = ops.expand_dims(inputs, 1)
+        if self.causal:
+            x = ops.pad(x, ((0, 0), (0, 0), (_left(self), 0), (0, 0)))
+        return ops.squeeze(super().call(x), 1)
 
     def compute_output_shape(self, input_shape):
-        _, steps = _shapes.conv_output_hw((1, input_shape[1]), self.kernel_size, self.strides,
+        steps = input_shape[1] if input_shape[1] is None else input_shape[1] + _left(self)
+        _, steps = _shapes.conv_output_hw((1, steps), self.kernel_size, self.strides,
                                           self.dilation_rate, self.padding)
         return (input_shape[0], steps, self.filters)
 
     def steps(self, input_shape=None):
-        """The 2-D chain's steps between a reshape to one row and a reshape back."""
-        inner = super().steps(None if input_shape is None else row_shape(input_shape))
-        return [Step("reshape", "row", shape=(1, -1, self._input_channels)), *inner,
+        """The 2-D chain's steps between a reshape to one row and a reshape back (and, causal,
+        the left zeros after the first reshape)."""
+        inner = super().steps(None if input_shape is None else _widened(self, input_shape))
+        pad = [Step("pad", "causal", pads=((0, 0), (_left(self), 0)))] if self.causal else []
+        return [Step("reshape", "row", shape=(1, -1, self._input_channels)), *pad, *inner,
                 Step("reshape", "unrow", shape=(-1, self.filters))]
 
     def dense_macs(self, input_shape):
-        return super().dense_macs(row_shape(input_shape))
+        return super().dense_macs(_widened(self, input_shape))
 
     def dense_kernel(self):
         return super().dense_kernel()[0]
 
     def to_dense(self):
         dense = keras.layers.Conv1D(
-            self.filters, self.kernel_size[1], strides=self.strides[1], padding=self.padding,
+            self.filters, self.kernel_size[1], strides=self.strides[1],
+            padding="causal" if self.causal else self.padding,
             dilation_rate=self.dilation_rate[1], activation=keras.activations.serialize(self.activation),
             use_bias=self.use_bias, name=self.name, dtype=self.dtype_policy)
         dense.build((None, None, self._input_channels))
@@ -123,8 +160,6 @@ class _OneRow:
     def supports(cls, layer):
         if not isinstance(layer, keras.layers.Conv1D):
             return f"{type(layer).__name__} is not a Conv1D"
-        if layer.padding == "causal":
-            return "padding='causal' is not supported (only 'valid' and 'same')"
         return conv_reason(layer)
 
     @classmethod
@@ -138,6 +173,13 @@ class _OneRow:
         return super()._decompose(kernel if kernel.ndim == 4 else kernel[None], rank)
 
     @classmethod
+    def _config_from(cls, layer):
+        config = super()._config_from(layer)
+        if _causal(layer):  # a causal chain's own padding attribute is "valid"
+            config["padding"] = "causal"
+        return config
+
+    @classmethod
     def full_rank_of(cls, layer, input_channels):
         return super().full_rank_of(_view(layer), input_channels)
 
@@ -147,7 +189,7 @@ class _OneRow:
 
     @classmethod
     def macs_for(cls, layer, rank, input_shape):
-        return super().macs_for(_view(layer), rank, row_shape(input_shape))
+        return super().macs_for(_view(layer), rank, _widened(layer, input_shape))
 
 
 @keras.saving.register_keras_serializable(package="tflowrank")
