@@ -129,6 +129,31 @@ def test_what_the_methods_refuse():
     assert [type(layer).__name__ for layer in factorized.layers[1:]] == ["Conv1D", "SVDConv1D"]
 
 
+def test_a_residual_causal_network_factorizes_and_rebuilds_as_plain_layers():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((40, 3))  # a temporal convolutional network: dilated causal residual blocks
+    h = keras.layers.Conv1D(16, 1, name="stem")(inputs)
+    for index, dilation in enumerate((1, 2, 4)):
+        r = keras.layers.Conv1D(16, 3, padding="causal", dilation_rate=dilation, activation="relu",
+                                name=f"block{index}_a")(h)
+        r = keras.layers.SpatialDropout1D(0.1)(r)
+        r = keras.layers.Conv1D(16, 3, padding="causal", dilation_rate=dilation, name=f"block{index}_b")(r)
+        h = keras.layers.ReLU()(keras.layers.Add()([h, r]))
+    model = keras.Model(inputs, keras.layers.Dense(4, name="head")(keras.layers.GlobalAveragePooling1D()(h)))
+    x = np.random.default_rng(0).normal(size=(8, 40, 3)).astype("float32")
+    blocks = [f"block{i}_{part}" for i in range(3) for part in "ab"]
+    with pytest.warns(UserWarning, match="not fewer than the original"):  # at full rank: exact
+        full = tflowrank.factorize(model, "tucker2", {name: (16, 16) for name in blocks})
+    _close(full(x), model(x), 1e-4)
+    low = tflowrank.factorize(model, "svd", 0.4)
+    assert [type(low.get_layer(f"block{i}_b")).__name__ for i in range(3)] == ["SVDConv1D"] * 3
+    _close(_plain_keras(low)(x), low(x))
+    later = x.copy()
+    later[:, 30:] = 0.0  # the future does not reach the past through the residual stack
+    probe = keras.Model(low.inputs[0], low.get_layer("block2_b").output)
+    _close(probe(later)[:, :30], probe(x)[:, :30], 1e-5)
+
+
 def _sensor_model(seed=0):
     """A small 1-D CNN of the kind that runs on microcontrollers (accelerometer windows)."""
     keras.utils.set_random_seed(seed)

@@ -117,8 +117,11 @@ _CONFIG_KEYS = {
     "Flatten": (),
     "Reshape": ("target_shape",),
     "Dropout": ("rate",),
+    "SpatialDropout1D": ("rate",),
+    "SpatialDropout2D": ("rate",),
 }
 _MERGE = {"Add", "Multiply", "Concatenate"}
+_NO_TRAINABLE_ARGUMENT = {"SpatialDropout1D", "SpatialDropout2D"}  # Keras 3 refuses the keyword
 
 
 def _plain_spec(layer):
@@ -137,7 +140,8 @@ def _plain_spec(layer):
     if not isinstance(kept.get("activation", ""), str):
         raise ValueError(f"Layer {layer.name!r}: only built-in activations named by a string can be "
                          f"carried over. Received: activation={kept['activation']!r}")
-    kept["trainable"] = bool(layer.trainable)
+    if cls not in _NO_TRAINABLE_ARGUMENT:
+        kept["trainable"] = bool(layer.trainable)
     return cls, json.loads(json.dumps(kept))  # tuples become lists; fails early if not JSON
 
 
