@@ -1,5 +1,5 @@
-"""Factorized Conv1D layers (``SVDConv1D``, ``TuckerConv1D``): the 2-D chains on one row, from
-the layer itself through factorize, refit, search, quantization-aware training and export."""
+"""Factorized Conv1D layers (``SVDConv1D``, ``TuckerConv1D``, ``CPConv1D``): chains on one row,
+from the layer itself through factorize, refit, search, quantization-aware training and export."""
 
 import json
 
@@ -9,11 +9,11 @@ import pytest
 
 import tflowrank
 from tflowrank import interop
-from tflowrank.layers import SVDConv1D, TuckerConv1D
+from tflowrank.layers import CPConv1D, SVDConv1D, TuckerConv1D
 from tflowrank.refit import refit_last_factors
 from tflowrank.tflite_model import inspect_tflite
 
-CLASSES = [SVDConv1D, TuckerConv1D]
+CLASSES = [SVDConv1D, TuckerConv1D, CPConv1D]
 # (kernel_size, strides, dilation_rate); at least 2 input channels and several output steps, away
 # from TensorFlow's one-channel, one-column strided Conv2D bug (README, Known problems)
 GEOMETRIES = [(5, 1, 1), (3, 2, 1), (3, 1, 2), (4, 3, 1), (1, 1, 1)]
@@ -90,6 +90,11 @@ def test_macs_and_parameters_of_the_chains():
     # Tucker's first pointwise step runs over the zeros too (it comes before the k-tap core)
     assert TuckerConv1D.macs_for(causal, (2, 3), shape) == 25 * 4 * 2 + 17 * 5 * 2 * 3 + 17 * 3 * 6
     assert TuckerConv1D.from_layer(causal, (2, 3)).dense_macs(shape) == 17 * 5 * 4 * 6
+    # CP: pointwise over the input, depthwise k taps per component, pointwise out
+    assert CPConv1D.macs_for(source, 7, shape) == 7 * (17 * 4 + 17 * 5 + 17 * 6)
+    assert CPConv1D.macs_for(strided, 7, shape) == 7 * (17 * 4 + 8 * 3 + 8 * 6)
+    assert CPConv1D.params_for(source, 7, 4) == 7 * (4 + 5 + 6) + 6
+    assert CPConv1D.full_rank_of(source, 4) == min(5 * 4, 5 * 6, 4 * 6)
 
 
 def test_constructor_takes_conv1d_sizes_and_names_bad_ones():
@@ -221,12 +226,13 @@ def test_a_lowered_rank_finalizes_to_the_smaller_chain(trained):
     _close(final(x[:8]), expected, 1e-5)
 
 
-@pytest.mark.parametrize("method, target", [("svd", 3), ("tucker2", (3, 4))])
+@pytest.mark.parametrize("method, target", [("svd", 3), ("tucker2", (3, 4)), ("cp", 5)])
 def test_rank_scheduler_lowers_the_ranks_during_fit(trained, method, target):
     from tflowrank.callbacks import RankScheduler
 
     model, (x, y), _ = trained
-    factorized = tflowrank.factorize(model, method, {"b": 1.0, "c": 1.0})
+    full = {"svd": 1.0, "tucker2": 1.0, "cp": 24}[method]  # CP: a rank above the target
+    factorized = tflowrank.factorize(model, method, {"b": full, "c": full})
     factorized.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     factorized.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0,
                    callbacks=[RankScheduler(target, layers=["b", "c"])])
@@ -265,14 +271,14 @@ def test_search_plans_the_conv1d_layers(trained):
     plan = tflowrank.search(model, (x_val, y_val), 0.4, candidates=4, progress=False)
     assert abs(plan.fraction - 0.4) <= 0.02
     methods = {e.layer: e.method for e in plan.factorized}
-    assert {"b", "c"} <= set(methods) and set(methods.values()) <= {"svd", "tucker2", "output"}
+    assert {"b", "c"} <= set(methods) and set(methods.values()) <= {"svd", "tucker2", "cp", "output"}
     factorized = tflowrank.factorize(model, plan, data=x_val if "output" in plan.methods else None)
     assert tflowrank.cost(factorized).macs == plan.total_after
 
 
 @pytest.mark.slow
 def test_quantization_aware_chains_export_fully_int8_and_compress_end_to_end(trained, tmp_path):
-    from test_qat import _output_steps, _track_ranges
+    from test_qat import _output_steps, _tflite_logits, _track_ranges
 
     model, (x, y), (x_val, y_val) = trained
     factorized = tflowrank.factorize(model, "tucker2", {"a": (3, 8), "b": (8, 8), "c": (8, 8)})
@@ -285,6 +291,18 @@ def test_quantization_aware_chains_export_fully_int8_and_compress_end_to_end(tra
     assert result.ops["PAD"] == 1  # c's left zeros
     steps = _output_steps(qat_model, result.path, x_val[:64])
     assert steps.max() <= 2.01 and steps.mean() < 0.5  # a strided conv, as in test_qat's Conv1D
+    # CP chains: per-channel int8 depthwise k-tap steps between pointwise ones; their int8
+    # DEPTHWISE_CONV_2D drifts further from the fake quantization: test_qat's 2-D CP bound
+    cp = tflowrank.quantize_aware(tflowrank.factorize(model, "cp", {"b": 24, "c": 24}))
+    _track_ranges(cp, x[:256], y[:256], epochs=2)
+    result = tflowrank.export_tflite(cp, tmp_path / "cp.tflite")
+    assert inspect_tflite(result.path).is_fully_int8 and result.ops["DEPTHWISE_CONV_2D"] == 2
+    assert result.ops["CONV_2D"] == 1 + 2 * 2 + 1
+    expected = cp.predict(x_val[:64], verbose=0)
+    low, high = (float(v) for v in cp.get_layer("head_quant").quantization_range())
+    step = (high - low) / 255
+    assert np.max(np.abs(_tflite_logits(result.path, x_val[:64]) - expected)) \
+        <= 0.15 * np.max(np.abs(expected)) + 4 * step
 
     compressed = tflowrank.compress(model, (x, y), (x_val, y_val), 0.5, finetune_epochs=1,
                                     candidates=4, output_dir=tmp_path / "out", profile_runs=5,

@@ -33,8 +33,8 @@ def factorize(model, method, rank=None, layers=None, *, data=None, target_macs=N
             ``"cp"`` (1 x 1, depthwise k x 1, depthwise 1 x k, 1 x 1), ``"tucker2_spatial"``
             (1 x 1, k x 1, 1 x k, 1 x 1) or ``"output"`` (data-driven: a narrow k x k conv and a
             1 x 1 fitted to the layer's responses on ``data``; needs ``data``). A Conv1D takes
-            ``"svd"``, ``"tucker2"`` and ``"output"`` (the same chains with kernels of one row,
-            ``SVDConv1D`` / ``TuckerConv1D``); the others skip it. Or a
+            ``"svd"``, ``"tucker2"``, ``"cp"`` and ``"output"`` (chains with kernels of one row,
+            ``SVDConv1D`` / ``TuckerConv1D`` / ``CPConv1D``); the others skip it. Or a
             ``CompressionPlan`` (from ``tflowrank.search``): each of its layers gets its own
             method and rank (then give no ``rank``, ``layers`` or target; ``data`` iff the plan
             has ``"output"`` entries, which are fitted first, in execution order).

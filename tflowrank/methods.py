@@ -11,10 +11,11 @@ def method_table(method):
     """``[(keras layer class, tflowrank layer class), ...]`` for ``method``.
 
     ``"output"`` builds ``SVDConv2D`` / ``SVDConv1D`` layers, but from data rather than from the
-    kernel alone. A Conv1D has the channel methods only (``"svd"``, ``"tucker2"``, ``"output"``):
-    the others separate two spatial axes.
+    kernel alone. A Conv1D takes ``"svd"``, ``"tucker2"``, ``"cp"`` and ``"output"``: the others
+    separate two spatial axes.
     """
     from .layers import (
+        CPConv1D,
         CPConv2D,
         SpatialConv2D,
         SVDConv1D,
@@ -30,7 +31,7 @@ def method_table(method):
         "spatial": [(conv, SpatialConv2D)],
         "svd": [(conv, SVDConv2D), (conv1d, SVDConv1D), (keras.layers.Dense, SVDDense)],
         "tucker2": [(conv, TuckerConv2D), (conv1d, TuckerConv1D)],
-        "cp": [(conv, CPConv2D)],
+        "cp": [(conv, CPConv2D), (conv1d, CPConv1D)],
         "tucker2_spatial": [(conv, TuckerSpatialConv2D)],
         "output": [(conv, SVDConv2D), (conv1d, SVDConv1D)],
     }

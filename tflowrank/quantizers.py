@@ -172,7 +172,8 @@ _KERAS_KINDS = {
     "Dense": (_compute_dense, False),
 }
 # factors of tflowrank layers applied as depthwise convolutions
-_DEPTHWISE_FACTORS = {"CPConv2D": ("kernel_vertical", "kernel_horizontal")}
+_DEPTHWISE_FACTORS = {"CPConv2D": ("kernel_vertical", "kernel_horizontal"),
+                      "CPConv1D": ("kernel_depthwise",)}
 
 
 @keras.saving.register_keras_serializable(package="tflowrank")

@@ -420,11 +420,8 @@ def _layer_curve(model, call, method, cls, measured, scorer, x, bar, targets=Non
     else:
         def factors(rank):
             if method == "cp":  # a bounded CP-ALS: see _CP_SWEEPS
-                from .decompositions import cp_factors
-
                 sweeps = min(cls.sweeps(kernel.shape, rank), _CP_SWEEPS)
-                found = cp_factors(kernel, rank, n_iter_max=sweeps)
-                return (found.pointwise_in, found.vertical, found.horizontal, found.pointwise_out), bias
+                return cls._decompose(kernel, rank, n_iter_max=sweeps)[0], bias
             return cls._decompose(kernel, rank)[0], bias
 
         values, _ = factors(allocated)

@@ -2,7 +2,7 @@
 
 from .. import quantizers as _quantizers  # noqa: F401  registers the QAT layers for loading
 from ._base import FactorizedLayer
-from .conv1d import SVDConv1D, TuckerConv1D
+from .conv1d import CPConv1D, SVDConv1D, TuckerConv1D
 from .cp_conv2d import CPConv2D
 from .spatial_conv2d import SpatialConv2D
 from .svd_conv2d import SVDConv2D
@@ -10,5 +10,5 @@ from .svd_dense import SVDDense
 from .tucker_conv2d import TuckerConv2D
 from .tucker_spatial_conv2d import TuckerSpatialConv2D
 
-__all__ = ["CPConv2D", "FactorizedLayer", "SVDConv1D", "SVDConv2D", "SVDDense", "SpatialConv2D",
+__all__ = ["CPConv1D", "CPConv2D", "FactorizedLayer", "SVDConv1D", "SVDConv2D", "SVDDense", "SpatialConv2D",
            "TuckerConv1D", "TuckerConv2D", "TuckerSpatialConv2D"]

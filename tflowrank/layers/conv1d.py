@@ -7,9 +7,11 @@ chain whose kernels have one row runs (``SVDConv2D``'s ``1 x k`` then ``1 x 1``,
 decompositions are those of the one-row kernel, so everything the 2-D classes compute (ranks,
 MACs, spectra, factors, steps, quantization) carries over unchanged.
 
-``SpatialConv2D``, ``CPConv2D`` and ``TuckerSpatialConv2D`` have no 1-D form: their chains
-separate the two spatial axes of a kernel, and a 1-D kernel has one (a 1-D CP chain, pointwise,
-depthwise k-tap, pointwise, would be a class of its own; there is none yet).
+``CPConv1D`` is CP's 1-D chain, pointwise (cin -> R), depthwise k-tap, pointwise (R -> filters),
+from the CP decomposition of the one-row kernel with its one-row mode folded into the k-tap
+factor (``CPConv2D``'s chain would keep a 1 x 1 depthwise step for it). ``SpatialConv2D`` and
+``TuckerSpatialConv2D`` have no 1-D form: they separate the two spatial axes of a kernel, and a
+1-D kernel has one.
 
 The geometry is stored as the one-row 2-D convolution's: ``kernel_size`` ``(1, k)``, ``strides``
 ``(1, s)``, ``dilation_rate`` ``(1, d)``; the constructors also take the Conv1D forms (``k``,
@@ -24,12 +26,14 @@ import numpy as np
 from keras import ops
 
 from .. import _shapes
+from ..decompositions import cp_factors, energy_rank, vbmf_ranks_tucker2
 from ..interop import Step
-from ._base import FactorizedLayer, conv_reason
+from ._base import FactorizedConv2D, FactorizedLayer, conv_reason
+from .cp_conv2d import CPConv2D
 from .svd_conv2d import SVDConv2D
-from .tucker_conv2d import TuckerConv2D
+from .tucker_conv2d import TuckerConv2D, channel_spectra
 
-__all__ = ["SVDConv1D", "TuckerConv1D"]
+__all__ = ["CPConv1D", "SVDConv1D", "TuckerConv1D"]
 
 
 def _row(value, name):
@@ -168,9 +172,9 @@ class _OneRow:
         return kernel if kernel.ndim == 4 else kernel[None]
 
     @classmethod
-    def _decompose(cls, kernel, rank):
+    def _decompose(cls, kernel, rank, **options):
         # a Conv1D layout kernel too: RankScheduler re-projects dense_kernel(), which is one
-        return super()._decompose(kernel if kernel.ndim == 4 else kernel[None], rank)
+        return super()._decompose(kernel if kernel.ndim == 4 else kernel[None], rank, **options)
 
     @classmethod
     def _config_from(cls, layer):
@@ -217,4 +221,110 @@ class TuckerConv1D(_OneRow, TuckerConv2D):
 
     ``TuckerConv1D.from_layer(conv1d, rank)`` builds one from a trained ``keras.layers.Conv1D``;
     the ``"tucker2"`` method of ``tflowrank.factorize`` uses it.
+    """
+
+
+class _RowCP(FactorizedConv2D):
+    """CP's chain on one row (kernels ``(1, k)``): pointwise, depthwise ``1 x k``, pointwise.
+
+    The depthwise step takes equal row and column strides (TensorFlow's depthwise kernels take
+    no others); on one row with a one-row kernel a row stride changes nothing, so ``(s, s)`` is
+    the ``(1, s)`` of the Conv1D, with either padding.
+    """
+
+    method = "cp"
+    factors = (("kernel_pointwise_in", 3), ("kernel_depthwise", 2), ("kernel_pointwise_out", 2))
+    rank_axes = (("kernel_pointwise_in", 3),)
+    rank_groups = ((("kernel_pointwise_in", 3), ("kernel_depthwise", 2),
+                    ("kernel_pointwise_out", 2)),)
+    sweeps = staticmethod(CPConv2D.sweeps)  # CP-ALS as long as the 2-D chain's
+
+    # one rank, read off the channel spectra as for the 2-D chain
+    @classmethod
+    def energy_spectra(cls, layer):
+        return channel_spectra(cls.source_kernel(layer))
+
+    @classmethod
+    def rank_from_energy(cls, spectra, share):
+        return max(energy_rank(s, share) for s in spectra)
+
+    @classmethod
+    def vbmf_rank(cls, layer):
+        return max(vbmf_ranks_tucker2(cls.source_kernel(layer)))
+
+    @classmethod
+    def factor_shapes(cls, layer, rank, input_channels):
+        return ((1, 1, input_channels, rank), (1, layer.kernel_size[1], rank, 1),
+                (1, 1, rank, layer.filters))
+
+    def call(self, inputs):
+        stride = self.strides[1]
+        x = ops.conv(inputs, self._factor("kernel_pointwise_in"), strides=1, padding="valid")
+        x = ops.depthwise_conv(self._between(x, 0), self._factor("kernel_depthwise"),
+                               strides=(stride, stride), padding=self.padding,
+                               dilation_rate=self.dilation_rate)
+        x = ops.conv(self._between(x, 1), self._factor("kernel_pointwise_out"), strides=1,
+                     padding="valid")
+        return self._finish(x)
+
+    def _steps(self, input_shape):
+        stride = self.strides[1]
+        return [Step("conv", "pointwise_in", self._numpy(self.kernel_pointwise_in)),
+                Step("depthwise", "depthwise", self._numpy(self.kernel_depthwise),
+                     strides=(stride, stride), padding=self.padding, dilation=self.dilation_rate),
+                Step("conv", "pointwise_out", self._numpy(self.kernel_pointwise_out))]
+
+    def dense_kernel(self):
+        return np.einsum("cr,jr,ro->jco", self._active_numpy("kernel_pointwise_in")[0, 0],
+                         self._active_numpy("kernel_depthwise")[0, :, :, 0],
+                         self._active_numpy("kernel_pointwise_out")[0, 0])[None]
+
+    @classmethod
+    def full_rank_of(cls, layer, input_channels):
+        # generic upper bound of the CP rank of a (k, cin, cout) tensor: the product of two sizes
+        sizes = (layer.kernel_size[1], int(input_channels), int(layer.filters))
+        return min(sizes[0] * sizes[1], sizes[0] * sizes[2], sizes[1] * sizes[2])
+
+    @classmethod
+    def macs_for(cls, layer, rank, input_shape):
+        _, _, width, cin = input_shape
+        steps = _shapes.conv_output_size(width, layer.kernel_size[1], layer.strides[1],
+                                         layer.dilation_rate[1], layer.padding)
+        if None in (width, steps, cin):
+            return None
+        return rank * (width * cin + steps * layer.kernel_size[1] + steps * layer.filters)
+
+    @classmethod
+    def _decompose(cls, kernel, rank, n_iter_max=None):
+        """CP-ALS of the ``(1, k, cin, cout)`` kernel (as ``CPConv2D``), its one-row mode folded
+        into the k-tap factor and the three factors balanced again (equal norms per component,
+        for per-channel int8)."""
+        sweeps = cls.sweeps(kernel.shape, rank) if n_iter_max is None else n_iter_max
+        found = cp_factors(kernel, rank, n_iter_max=sweeps)
+        first = found.pointwise_in[0, 0].astype(np.float64)  # (cin, R)
+        taps = (found.horizontal[0, :, :, 0] * found.vertical[0, 0, :, 0]).astype(np.float64)
+        last = found.pointwise_out[0, 0].astype(np.float64)  # (R, cout)
+        norms = [np.linalg.norm(first, axis=0), np.linalg.norm(taps, axis=0),
+                 np.linalg.norm(last, axis=1)]
+        scale = np.cbrt(norms[0] * norms[1] * norms[2])
+        safe = [np.where(n > 0, n, 1.0) for n in norms]
+        first, taps = first * (scale / safe[0]), taps * (scale / safe[1])
+        last = last * (scale / safe[2])[:, None]
+        dtype = kernel.dtype
+        return ((first[None, None].astype(dtype), taps[None, :, :, None].astype(dtype),
+                 last[None, None].astype(dtype)), found.relative_error)
+
+
+@keras.saving.register_keras_serializable(package="tflowrank")
+class CPConv1D(_OneRow, _RowCP):
+    """CP-factorized 1-D convolution: pointwise (cin -> R), depthwise ``k``-tap over the R
+    components, pointwise (R -> filters) (Lebedev et al. 2015, on the three modes of a 1-D kernel).
+
+    Args: as ``keras.layers.Conv1D`` with ``rank`` the CP rank R. ``from_layer`` runs CP-ALS as
+    ``CPConv2D`` does and records the relative error it reaches in ``reconstruction_error``.
+    Weights (one-row 2-D layout): ``kernel_pointwise_in`` ``(1, 1, cin, R)``, ``kernel_depthwise``
+    ``(1, k, R, 1)`` (depthwise layout), ``kernel_pointwise_out`` ``(1, 1, R, filters)``.
+
+    ``CPConv1D.from_layer(conv1d, rank)`` builds one from a trained ``keras.layers.Conv1D``; the
+    ``"cp"`` method of ``tflowrank.factorize`` uses it.
     """

@@ -171,7 +171,7 @@ class CPConv2D(FactorizedConv2D):
     # CP has no spectrum of its own: its rank is the larger of the Tucker-2 channel-mode ranks
     @classmethod
     def energy_spectra(cls, layer):
-        return channel_spectra(cls._numpy(layer.kernel))
+        return channel_spectra(cls.source_kernel(layer))
 
     @classmethod
     def rank_from_energy(cls, spectra, share):
@@ -179,10 +179,12 @@ class CPConv2D(FactorizedConv2D):
 
     @classmethod
     def vbmf_rank(cls, layer):
-        return max(vbmf_ranks_tucker2(cls._numpy(layer.kernel)))
+        return max(vbmf_ranks_tucker2(cls.source_kernel(layer)))
 
     @classmethod
-    def _decompose(cls, kernel, rank):
-        result = cp_factors(kernel, rank, n_iter_max=cls.sweeps(kernel.shape, rank))
+    def _decompose(cls, kernel, rank, n_iter_max=None):
+        """CP-ALS with ``sweeps`` sweeps, or ``n_iter_max`` (the search bounds its own)."""
+        sweeps = cls.sweeps(kernel.shape, rank) if n_iter_max is None else n_iter_max
+        result = cp_factors(kernel, rank, n_iter_max=sweeps)
         return ((result.pointwise_in, result.vertical, result.horizontal, result.pointwise_out),
                 result.relative_error)
