@@ -324,8 +324,9 @@ def test_latency_table_converts_the_chains(tmp_path):
     source = _conv1d((5, 1, 1), "same", cin=8, filters=16)
     chains = [latency_table.Chain(source, (None, 64, 8)),
               latency_table.Chain(source, (None, 64, 8), SVDConv1D, 4),
-              latency_table.Chain(source, (None, 64, 8), TuckerConv1D, (4, 4))]
+              latency_table.Chain(source, (None, 64, 8), TuckerConv1D, (4, 4)),
+              latency_table.Chain(source, (None, 64, 8), CPConv1D, 6)]
     latency_table._run_worker([c.job(f"{i}.tflite", "int8") for i, c in enumerate(chains)], tmp_path)
-    counts = [inspect_tflite(tmp_path / f"{i}.tflite").ops.get("CONV_2D") for i in range(3)]
-    assert counts == [1, 2, 3]
-    assert all(inspect_tflite(tmp_path / f"{i}.tflite").is_fully_int8 for i in range(3))
+    files = [inspect_tflite(tmp_path / f"{i}.tflite") for i in range(len(chains))]
+    assert [f.ops.get("CONV_2D") for f in files] == [1, 2, 3, 2]
+    assert files[3].ops["DEPTHWISE_CONV_2D"] == 1 and all(f.is_fully_int8 for f in files)
