@@ -17,8 +17,10 @@ Then each row is one ``compress`` call in a fresh process, seed 0, ``compress``'
 fine-tuning epochs, the last 0.1 quantization-aware, int8 export; host int8 latency of the row's
 file and the baseline's over 5 rounds in fresh processes, 200 runs each, 1 thread):
 
-- ``Nx tflowrank``: the search's plan (the default methods: for Conv1D layers ``svd``,
-  ``tucker2`` and ``output`` compete);
+- ``Nx tflowrank``: the search's plan with ``compress``'s default methods (spatial where it
+  applies, else svd: ``svd`` for every Conv1D);
+- ``Nx all 1-D methods``: the search's plan with ``svd``, ``tucker2``, ``cp`` and ``output``
+  competing for every layer;
 - ``Nx uniform svd``: ``svd`` with one common share of MACs kept in every convolution (the
   first holds a sixth of the MACs, too many to leave whole at 5x).
 
@@ -48,6 +50,8 @@ from _common import (
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "conv1d.json"
 BUDGETS = {"3x": 1 / 3, "5x": 1 / 5}
 UNIFORM_LAYERS = ("conv1", "conv2", "conv3", "conv4")
+ALL_METHODS = ("svd", "tucker2", "cp", "output")
+ROWS = {"tflowrank": None, "all 1-D methods": ALL_METHODS, "uniform svd": "uniform"}
 BATCH = 128
 REPEATS = 5
 
@@ -93,7 +97,7 @@ def _train(path, sizes, epochs, seed=0):
     return {"float32_top1": float(accuracy), "train_seconds": seconds, "epochs": epochs}
 
 
-def _row(folder, model_path, sizes, label, target, uniform, epochs, runs, seed=0):
+def _row(folder, model_path, sizes, label, target, methods, epochs, runs, seed=0):
     """One ``compress`` run in this (spawned) process; returns its figures."""
     import keras
     from auto import uniform_plan
@@ -104,11 +108,12 @@ def _row(folder, model_path, sizes, label, target, uniform, epochs, runs, seed=0
     keras.utils.set_random_seed(seed)
     train, test = sequences(sizes)
     model = keras.models.load_model(model_path)
+    uniform = methods == "uniform"
     plan = uniform_plan(model, "svd", target, layers=UNIFORM_LAYERS) if uniform else None
     out = Path(folder) / label.replace(" ", "_")
     result = compress(model, train, test, target, finetune_epochs=epochs, output_dir=out,
-                      plan=plan, profile_runs=runs, profile_repeats=REPEATS, log=None,
-                      progress=False, seed=seed)
+                      plan=plan, methods=None if uniform else methods, profile_runs=runs,
+                      profile_repeats=REPEATS, log=None, progress=False, seed=seed)
     summary = result.to_dict()
     return {
         "row": label, "budget": target, "plan": result.plan.to_dict(),
@@ -160,11 +165,11 @@ def main(argv=None):
         write_json(args.json, record)
         for name in budgets:
             target = BUDGETS[name]
-            for uniform in (False, True):
-                label = f"{name} {'uniform svd' if uniform else 'tflowrank'}"
+            for kind, methods in ROWS.items():
+                label = f"{name} {kind}"
                 print(f"[conv1d] {label} ...", flush=True)
                 record["rows"].append(run_isolated(_row, folder, model_path, sizes, label, target,
-                                                   uniform, epochs, args.runs))
+                                                   methods, epochs, args.runs))
                 write_json(args.json, record)
     return finish(record, started, args.json, table)
 

@@ -119,11 +119,12 @@ def test_conv1d_quick_mode_writes_its_json(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads(out.read_text())
     rows = {row["row"]: row for row in report["rows"]}
-    assert list(rows) == ["5x tflowrank", "5x uniform svd"]  # one budget: suite time
+    assert list(rows) == ["5x tflowrank", "5x all 1-D methods", "5x uniform svd"]  # one budget
     for row in rows.values():
         assert row["fully_int8"] and row["ops"]["RESHAPE"] == 2  # in and out of the one-row chains
         chains = [e for e in row["plan"]["entries"] if e["method"]]
-        assert row["ops"]["CONV_2D"] >= 4 + len(chains) and "EXPAND_DIMS" not in row["ops"]
+        assert row["ops"]["CONV_2D"] + row["ops"].get("DEPTHWISE_CONV_2D", 0) >= 4 + len(chains)
+        assert "EXPAND_DIMS" not in row["ops"]
         assert row["baseline_macs"] / row["macs"] >= 0.98 / row["budget"]
     assert {e["layer"] for e in rows["5x uniform svd"]["plan"]["entries"] if e["method"]} == {
         "conv1", "conv2", "conv3", "conv4"}

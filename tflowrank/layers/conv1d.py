@@ -53,7 +53,7 @@ def _row(value, name):
     return (1, int(value[0]))
 
 
-def row_shape(shape):
+def _row_shape(shape):
     """``(batch, steps, channels)`` as the one-row image ``(batch, 1, steps, channels)``; a
     4-D shape is returned as it is."""
     shape = tuple(shape)
@@ -90,7 +90,7 @@ def _left(layer):
 
 def _widened(layer, input_shape):
     """``input_shape`` as the one row the chain convolves: with a causal layer's left zeros."""
-    shape = row_shape(input_shape)
+    shape = _row_shape(input_shape)
     left = _left(layer)
     return shape if not left or shape[2] is None else (*shape[:2], shape[2] + left, shape[3])
 
