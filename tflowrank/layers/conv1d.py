@@ -26,12 +26,12 @@ import numpy as np
 from keras import ops
 
 from .. import _shapes
-from ..decompositions import cp_factors, energy_rank, vbmf_ranks_tucker2
+from ..decompositions import cp_factors
 from ..interop import Step
 from ._base import FactorizedConv2D, FactorizedLayer, conv_reason
-from .cp_conv2d import CPConv2D
+from .cp_conv2d import CPConv2D, CPRank
 from .svd_conv2d import SVDConv2D
-from .tucker_conv2d import TuckerConv2D, channel_spectra
+from .tucker_conv2d import TuckerConv2D
 
 __all__ = ["CPConv1D", "SVDConv1D", "TuckerConv1D"]
 
@@ -224,7 +224,7 @@ class TuckerConv1D(_OneRow, TuckerConv2D):
     """
 
 
-class _RowCP(FactorizedConv2D):
+class _RowCP(CPRank, FactorizedConv2D):
     """CP's chain on one row (kernels ``(1, k)``): pointwise, depthwise ``1 x k``, pointwise.
 
     The depthwise step takes equal row and column strides (TensorFlow's depthwise kernels take
@@ -238,19 +238,6 @@ class _RowCP(FactorizedConv2D):
     rank_groups = ((("kernel_pointwise_in", 3), ("kernel_depthwise", 2),
                     ("kernel_pointwise_out", 2)),)
     sweeps = staticmethod(CPConv2D.sweeps)  # CP-ALS as long as the 2-D chain's
-
-    # one rank, read off the channel spectra as for the 2-D chain
-    @classmethod
-    def energy_spectra(cls, layer):
-        return channel_spectra(cls.source_kernel(layer))
-
-    @classmethod
-    def rank_from_energy(cls, spectra, share):
-        return max(energy_rank(s, share) for s in spectra)
-
-    @classmethod
-    def vbmf_rank(cls, layer):
-        return max(vbmf_ranks_tucker2(cls.source_kernel(layer)))
 
     @classmethod
     def factor_shapes(cls, layer, rank, input_channels):

@@ -10,7 +10,7 @@ from ..interop import Step
 from ._base import FactorizedConv2D
 from .tucker_conv2d import channel_spectra
 
-__all__ = ["CPConv2D"]
+__all__ = ["CPConv2D", "CPRank"]
 
 
 def _same_pads(size, kernel_size, strides):
@@ -23,8 +23,25 @@ def _same_pads(size, kernel_size, strides):
     return pads
 
 
+class CPRank:
+    """Spectral classmethods of the CP chains (``CPConv2D``, ``CPConv1D``): CP has no spectrum of
+    its own, so its rank is the larger of the Tucker-2 channel-mode ranks."""
+
+    @classmethod
+    def energy_spectra(cls, layer):
+        return channel_spectra(cls.source_kernel(layer))
+
+    @classmethod
+    def rank_from_energy(cls, spectra, share):
+        return max(energy_rank(s, share) for s in spectra)
+
+    @classmethod
+    def vbmf_rank(cls, layer):
+        return max(vbmf_ranks_tucker2(cls.source_kernel(layer)))
+
+
 @keras.saving.register_keras_serializable(package="tflowrank")
-class CPConv2D(FactorizedConv2D):
+class CPConv2D(CPRank, FactorizedConv2D):
     """CP-factorized 2-D convolution (Lebedev et al. 2015).
 
     Computes ``conv1x1(dw_1xkw(dw_khx1(conv1x1(x, A), V), H), B) + bias`` where the middle steps are
@@ -167,19 +184,6 @@ class CPConv2D(FactorizedConv2D):
     SWEEP_BUDGET = 15_000_000_000
     MIN_SWEEPS = 8
     MAX_SWEEPS = 500
-
-    # CP has no spectrum of its own: its rank is the larger of the Tucker-2 channel-mode ranks
-    @classmethod
-    def energy_spectra(cls, layer):
-        return channel_spectra(cls.source_kernel(layer))
-
-    @classmethod
-    def rank_from_energy(cls, spectra, share):
-        return max(energy_rank(s, share) for s in spectra)
-
-    @classmethod
-    def vbmf_rank(cls, layer):
-        return max(vbmf_ranks_tucker2(cls.source_kernel(layer)))
 
     @classmethod
     def _decompose(cls, kernel, rank, n_iter_max=None):
