@@ -1,5 +1,6 @@
 """search and CompressionPlan: selection math, target landing, cache, JSON, applying a plan, errors."""
 
+import dataclasses
 import re
 import time
 import warnings
@@ -287,6 +288,11 @@ def test_factorize_with_a_plan_rejects_extra_arguments_and_foreign_plans(model, 
     other = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3, name="other")])
     with pytest.raises(ValueError, match="was the plan made for another model"):
         factorize(other, plan, data=np.zeros((4, 16, 16, 3), "float32"))
+    data_free = dataclasses.replace(plan, entries=[e for e in plan.entries if e.method != "output"])
+    assert data_free.factorized
+    with pytest.raises(ValueError, match=r"this plan has none \(its methods: .*\)\. Received: "
+                                         r"data=ndarray of shape \(4, 16, 16, 3\)"):
+        factorize(model, data_free, data=np.zeros((4, 16, 16, 3), "float32"))
 
 
 def test_public_names():

@@ -156,7 +156,8 @@ def _apply_plan(model, plan, data, **others):
     else:
         if data is not None:
             raise ValueError("`data` is only used by the 'output' entries of a plan, and this plan has "
-                             "none. Received: data")
+                             f"none (its methods: {', '.join(plan.methods)}). Received: "
+                             f"data={_describe_data(data)}")
         current = model
     by_path = {call.path: call for call in graph.layer_calls(current)}
     replacements = {}
@@ -194,7 +195,7 @@ def _check_data(method, data, model):
     if method != "output":
         if data is not None:
             raise ValueError(f"`data` is only used by method='output'. Received: method={method!r} "
-                             "with data")
+                             f"with data={_describe_data(data)}")
         return None
     if data is None:
         raise ValueError("method='output' approximates each layer's responses on calibration "
@@ -413,3 +414,9 @@ def _warn_dropped_constraints(layers):
             "the factors.",
             stacklevel=3,
         )
+
+
+def _describe_data(data):
+    """``data`` in an error message: its type and shape, not its values."""
+    shape = getattr(data, "shape", None)
+    return f"{type(data).__name__} of shape {tuple(shape)}" if shape is not None else type(data).__name__
