@@ -5,7 +5,12 @@ MACs are per single input sample. A size that is not known statically (None) mak
 
 import math
 
-__all__ = ["conv_output_size", "conv_output_hw", "conv_macs", "dense_macs"]
+__all__ = ["causal_left", "conv_output_size", "conv_output_hw", "conv_macs", "dense_macs"]
+
+
+def causal_left(kernel, dilation):
+    """The zeros a causal 1-D convolution puts before the sequence: ``(kernel - 1) * dilation``."""
+    return (kernel - 1) * dilation
 
 
 def conv_output_size(size, kernel, stride, dilation, padding):

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from ._shapes import causal_left
+
 __all__ = ["LayerCall", "check_model", "copy_weights", "input_probe", "layer_calls", "linear_responses",
            "rewrite"]
 
@@ -150,7 +152,7 @@ def linear_responses(layer, inputs):
     if len(layer.kernel.shape) >= 3:
         padding = layer.padding
         if padding == "causal":  # a Conv1D: zeros on the left, then "valid"
-            left = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
+            left = causal_left(layer.kernel_size[0], layer.dilation_rate[0])
             inputs, padding = ops.pad(inputs, ((0, 0), (left, 0), (0, 0))), "valid"
         y = ops.conv(inputs, layer.kernel, strides=layer.strides, padding=padding,
                      dilation_rate=layer.dilation_rate)

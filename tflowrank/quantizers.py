@@ -25,6 +25,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from . import _shapes
+
 __all__ = ["ActivationQuantizer", "QuantizedLayer", "fake_quant_weight", "quantizer_layers"]
 
 NUM_BITS = 8
@@ -149,7 +151,8 @@ def _compute_conv1d(layer, x, kernel):
     (stride,), (dilation,) = layer.strides, layer.dilation_rate
     padding = layer.padding
     if padding == "causal":
-        x, padding = ops.pad(x, ((0, 0), ((kernel.shape[1] - 1) * dilation, 0), (0, 0))), "valid"
+        left = _shapes.causal_left(kernel.shape[1], dilation)
+        x, padding = ops.pad(x, ((0, 0), (left, 0), (0, 0))), "valid"
     outputs = ops.conv(ops.expand_dims(x, 1), kernel, strides=(1, stride), padding=padding,
                        dilation_rate=(1, dilation))
     return ops.squeeze(outputs, 1)

@@ -85,7 +85,7 @@ def _left(layer):
     """The zeros a causal ``layer`` puts before the sequence (0 when not causal)."""
     kernel_size = _row(layer.kernel_size, "kernel_size")
     dilation = _row(layer.dilation_rate, "dilation_rate")
-    return (kernel_size[1] - 1) * dilation[1] if _causal(layer) else 0
+    return _shapes.causal_left(kernel_size[1], dilation[1]) if _causal(layer) else 0
 
 
 def _widened(layer, input_shape):
@@ -128,9 +128,8 @@ class _OneRow:
         return ops.squeeze(super().call(x), 1)
 
     def compute_output_shape(self, input_shape):
-        steps = input_shape[1] if input_shape[1] is None else input_shape[1] + _left(self)
-        _, steps = _shapes.conv_output_hw((1, steps), self.kernel_size, self.strides,
-                                          self.dilation_rate, self.padding)
+        _, steps = _shapes.conv_output_hw(_widened(self, input_shape)[1:3], self.kernel_size,
+                                          self.strides, self.dilation_rate, self.padding)
         return (input_shape[0], steps, self.filters)
 
     def steps(self, input_shape=None):
