@@ -7,6 +7,7 @@
     python bench/seeds.py --budgets 3x --search-samples 5000     # a larger search subset
     python bench/seeds.py --budgets 3x --feature-distill 0       # fine-tuning without feature hints
     python bench/seeds.py --budgets 3x --no-qat                  # post-training int8, no QAT tail
+    python bench/seeds.py --budgets 3x --methods cp              # the tflowrank row's search: CP only
     python bench/seeds.py --quick           # smoke test: 4,096 training / 1,000 test images, 3x, 1 epoch
 
 ``bench/auto.py`` runs each row once, with seed 0. On the Fashion-MNIST CNN the same plan through
@@ -66,9 +67,21 @@ def main(argv=None):
     parser.add_argument("--no-qat", action="store_true",
                         help="post-training int8 instead of the quantization-aware end of the "
                              "fine-tuning (compress's qat=False)")
+    parser.add_argument("--methods",
+                        help="comma-separated methods competing in the tflowrank rows' search "
+                             "(compress's methods=; default: compress's, spatial where it applies)")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
     budgets, epochs, sizes = run_settings(parser, args)
+    methods = None
+    if args.methods is not None:
+        from tflowrank.methods import METHOD_NAMES
+
+        methods = tuple(args.methods.split(","))
+        unknown = [m for m in methods if m not in METHOD_NAMES]
+        if unknown or not methods:
+            parser.error(f"--methods takes comma-separated names of {', '.join(METHOD_NAMES)}; "
+                         f"got {args.methods!r}")
     if args.search_samples is not None and args.search_samples < 1:
         parser.error(f"--search-samples must be >= 1; got {args.search_samples}")
     if args.feature_distill is not None and not args.feature_distill >= 0:
@@ -85,7 +98,8 @@ def main(argv=None):
                          "test": sizes[1], "quick": args.quick,
                          "learning_rate": args.learning_rate,
                          "search_samples": args.search_samples,
-                         "feature_distill": args.feature_distill, "qat": not args.no_qat},
+                         "feature_distill": args.feature_distill, "qat": not args.no_qat,
+                         "methods": methods},
               "load_average_start": load_average(), "rows": []}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-seeds-") as folder:
@@ -95,7 +109,8 @@ def main(argv=None):
                 for kind in ROWS:
                     label = f"{name} {kind} seed {seed}"
                     print(f"[seeds] {label} ...", flush=True)
-                    row = run_isolated(_compress_row, folder, sizes, label, BUDGETS[name], None,
+                    row = run_isolated(_compress_row, folder, sizes, label, BUDGETS[name],
+                                       None if kind == "uniform spatial" else methods,
                                        "spatial" if kind == "uniform spatial" else None,
                                        None if kind == "uniform spatial" else cache, epochs,
                                        not args.no_qat,

@@ -278,7 +278,7 @@ def test_search_plans_the_conv1d_layers(trained):
 
 @pytest.mark.slow
 def test_quantization_aware_chains_export_fully_int8_and_compress_end_to_end(trained, tmp_path):
-    from test_qat import _output_steps, _tflite_logits, _track_ranges
+    from test_qat import _output_steps, _track_ranges
 
     model, (x, y), (x_val, y_val) = trained
     factorized = tflowrank.factorize(model, "tucker2", {"a": (3, 8), "b": (8, 8), "c": (8, 8)})
@@ -291,18 +291,16 @@ def test_quantization_aware_chains_export_fully_int8_and_compress_end_to_end(tra
     assert result.ops["PAD"] == 1  # c's left zeros
     steps = _output_steps(qat_model, result.path, x_val[:64])
     assert steps.max() <= 2.01 and steps.mean() < 0.5  # a strided conv, as in test_qat's Conv1D
-    # CP chains: per-channel int8 depthwise k-tap steps between pointwise ones; their int8
-    # DEPTHWISE_CONV_2D drifts further from the fake quantization: test_qat's 2-D CP bound
+    # CP chains: per-channel int8 depthwise k-tap steps between pointwise ones. Plain CP-ALS
+    # factors of these trained kernels cancel (degeneracy 14-20) and drifted up to 6 steps, mean
+    # 1.2; the ridged ones hold the Tucker chains' bound
     cp = tflowrank.quantize_aware(tflowrank.factorize(model, "cp", {"b": 24, "c": 24}))
     _track_ranges(cp, x[:256], y[:256], epochs=2)
     result = tflowrank.export_tflite(cp, tmp_path / "cp.tflite")
     assert inspect_tflite(result.path).is_fully_int8 and result.ops["DEPTHWISE_CONV_2D"] == 2
     assert result.ops["CONV_2D"] == 1 + 2 * 2 + 1
-    expected = cp.predict(x_val[:64], verbose=0)
-    low, high = (float(v) for v in cp.get_layer("head_quant").quantization_range())
-    step = (high - low) / 255
-    assert np.max(np.abs(_tflite_logits(result.path, x_val[:64]) - expected)) \
-        <= 0.15 * np.max(np.abs(expected)) + 4 * step
+    steps = _output_steps(cp, result.path, x_val[:64])
+    assert steps.max() <= 2.01 and steps.mean() < 0.5, (steps.max(), steps.mean())
 
     compressed = tflowrank.compress(model, (x, y), (x_val, y_val), 0.5, finetune_epochs=1,
                                     candidates=4, output_dir=tmp_path / "out", profile_runs=5,

@@ -1,4 +1,5 @@
-"""CP by ALS: exact-rank recovery, the chain layout, monotone error, balance, determinism, bad input."""
+"""CP by ALS: exact-rank recovery, the chain layout, monotone error, balance, bounded components,
+determinism, bad input."""
 
 import numpy as np
 import pytest
@@ -105,6 +106,39 @@ def test_weights_are_balanced_across_the_four_factors_and_sorted():
     assert np.all(np.diff(norms[0]) <= 1e-6)
 
 
+def _degeneracy(f):
+    """``sqrt(sum_r ||term_r||^2) / ||W_hat||``: 1 for orthogonal components, large when they cancel."""
+    factors = [f.pointwise_in[0, 0], f.vertical[:, 0, :, 0], f.horizontal[0, :, :, 0], f.pointwise_out[0, 0].T]
+    terms = np.prod([np.linalg.norm(x, axis=0) for x in factors], axis=0)
+    return float(np.sqrt(np.sum(terms**2)) / np.linalg.norm(_product(f)))
+
+
+def test_the_ridge_keeps_components_from_growing_and_cancelling():
+    plain_worst = 0.0
+    for shape, rank in [((3, 3, 8, 8), 8), ((3, 3, 8, 16), 12), ((3, 3, 6, 8), 10), ((3, 3, 4, 6), 6)]:
+        for seed in range(3):
+            kernel = _kernel(shape, seed)
+            plain, ridged = cp_factors(kernel, rank, ridge=0), cp_factors(kernel, rank)
+            plain_worst = max(plain_worst, _degeneracy(plain))
+            assert _degeneracy(ridged) <= 2.0, (shape, seed)
+            # at almost the same error (the least-squares scale undoes the uniform shrinkage)
+            assert ridged.relative_error <= plain.relative_error + 0.02, (shape, seed)
+    assert plain_worst > 10  # plain CP-ALS does cancel here: the bound above is not vacuous
+
+
+def test_the_ridge_is_read_at_the_call_and_zero_is_plain_als(monkeypatch):
+    import tflowrank.decompositions.cp as cp
+
+    kernel = _kernel((3, 3, 6, 8))
+    default, default_ridge = cp_factors(kernel, 10), cp.RIDGE
+    assert default_ridge > 0
+    monkeypatch.setattr(cp, "RIDGE", 0.0)
+    plain = cp_factors(kernel, 10)
+    np.testing.assert_array_equal(plain.pointwise_in, cp_factors(kernel, 10, ridge=0).pointwise_in)
+    assert not np.array_equal(plain.pointwise_in, default.pointwise_in)
+    np.testing.assert_array_equal(default.pointwise_in, cp_factors(kernel, 10, ridge=default_ridge).pointwise_in)
+
+
 def test_factors_are_deterministic_under_the_seed_and_keep_dtype():
     kernel = _kernel((3, 3, 4, 4))
     a, b = cp_factors(kernel, 5, seed=7), cp_factors(kernel, 5, seed=7)
@@ -138,6 +172,9 @@ def test_bad_arguments_are_rejected():
             cp_factors(kernel, 2, n_iter_max=n_iter_max)
     with pytest.raises(ValueError, match=r"^`tol` must be a finite non-negative number. Received: tol=-1$"):
         cp_factors(kernel, 2, tol=-1)
+    for ridge in (-1e-3, float("nan"), "0.01", True):
+        with pytest.raises(ValueError, match=rf"^`ridge` must be a finite number >= 0. Received: ridge={ridge!r}$"):
+            cp_factors(kernel, 2, ridge=ridge)
     with pytest.raises(
         ValueError, match=r"^`kernel` must be a non-empty array of 4 dimensions. Received: kernel.shape=\(4, 4\)$"
     ):

@@ -150,10 +150,11 @@ def test_factorized_chains_are_quantized_and_export_sliced(tmp_path):
 
     result = tflowrank.export_tflite(qat_model, tmp_path / "f.tflite")
     assert result.ops["DEPTHWISE_CONV_2D"] == 2  # the CP chain, its depthwise steps int8
-    expected = qat_model.predict(x, verbose=0)
-    got = _tflite_logits(result.path, x)
-    scale = result.output_details[0].scale if result.output_details[0].scale else 0.0
-    assert np.max(np.abs(got - expected)) <= 0.15 * np.max(np.abs(expected)) + 4 * scale
+    # every chain within the steps of a plain convolution (the CP chain too: its ridged CP-ALS
+    # factors do not cancel, so their int8 rounding is not amplified)
+    low, high = (float(v) for v in qat_model.get_layer("dense_quant").quantization_range())
+    steps = np.abs(_tflite_logits(result.path, x) - qat_model.predict(x, verbose=0)) / ((high - low) / 255)
+    assert steps.max() <= 2.01, steps.max()
     # the QAT model itself kept its allocated rank
     assert qat_model.get_layer("svd").layer.rank == 6
 
