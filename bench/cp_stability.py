@@ -1,7 +1,8 @@
 """CP-ALS with and without its ridge: degenerate factors, the int8 file, and after ``compress``.
 
     python bench/cp_stability.py            # full data: about 12 minutes
-    python bench/cp_stability.py --quick    # smoke test: 4,096 training / 1,000 test images, 1 epoch
+    python bench/cp_stability.py --quick    # smoke test: 2,048 training / 500 test images, 1 epoch
+    python bench/cp_stability.py --ridges default --seeds 1,2   # the ridged model rows, other seeds
 
 Plain CP-ALS fits a trained kernel with components that grow large and cancel each other; the
 chain's intermediate values then dwarf its output, and their int8 rounding is amplified.
@@ -20,8 +21,8 @@ docstring of ``tflowrank.decompositions.cp``). This script measures both setting
   the layers' degeneracy; before any fine-tuning, the float top-1, the post-training int8 top-1
   (calibrated on 500 training images) and the int8 file's logits against the float model's
   (``||int8 - float|| / ||float||`` over the test set); then ``compress`` with that plan and its
-  defaults (refit, 2 fine-tuning epochs, the last 0.1 quantization-aware, int8 export, seed 0):
-  the Keras and int8 top-1 and the int8 gap to the float32 baseline.
+  defaults (refit, 2 fine-tuning epochs, the last 0.1 quantization-aware, int8 export; seed 0,
+  or each of ``--seeds``): the Keras and int8 top-1 and the int8 gap to the float32 baseline.
 """
 
 import argparse
@@ -106,7 +107,7 @@ def _plan():
     return uniform_plan(zoo.load_fashion_cnn(), "cp", TARGET, layers=LAYERS).to_dict()
 
 
-def _model_row(folder, sizes, ridge, plan_dict, epochs, runs):
+def _model_row(folder, sizes, ridge, plan_dict, epochs, runs, seed=0):
     """One setting of the ridge, in this (spawned) process."""
     import keras
     import numpy as np
@@ -116,18 +117,18 @@ def _model_row(folder, sizes, ridge, plan_dict, epochs, runs):
     from tflowrank.plan import CompressionPlan
 
     cp.RIDGE = ridge
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     (x_train, y_train), (x_test, y_test) = fashion_mnist(*sizes)
     model = zoo.load_fashion_cnn()
     plan = CompressionPlan.from_dict(plan_dict)
     factorized = factorize(model, plan)
     logits = factorized.predict(x_test, batch_size=500, verbose=0)
-    out = Path(folder) / f"ridge_{ridge:g}"
+    out = Path(folder) / f"ridge_{ridge:g}_seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     exported = export_tflite(factorized, out / "decomposed_int8.tflite",
                              representative_data=x_train[:500])
     int8 = predict_tflite(exported.path, x_test)
-    row = {"ridge": ridge, "ranks": {e.layer: e.rank for e in plan.factorized},
+    row = {"ridge": ridge, "seed": seed, "ranks": {e.layer: e.rank for e in plan.factorized},
            "degeneracy": {name: degeneracy(layer_factors(factorized.get_layer(name)))
                           for name in LAYERS},
            "decomposed_float_top1": float(np.mean(logits.argmax(1) == y_test)),
@@ -135,7 +136,7 @@ def _model_row(folder, sizes, ridge, plan_dict, epochs, runs):
            "decomposed_int8_error": float(np.linalg.norm(int8 - logits) / np.linalg.norm(logits))}
     result = compress(model, (x_train, y_train), (x_test, y_test), plan.target, plan=plan,
                       finetune_epochs=epochs, output_dir=out / "compress", profile_runs=runs,
-                      profile_repeats=1, log=None, progress=False, seed=0)
+                      profile_repeats=1, log=None, progress=False, seed=seed)
     row.update(keras_top1=result.keras_accuracy, int8_top1=result.tflite_accuracy,
                baseline_top1=result.baseline_accuracy, macs=result.macs,
                baseline_macs=result.baseline_macs, params=result.params, int8_bytes=result.int8_bytes,
@@ -148,19 +149,30 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a smoke test on a data slice")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 2; --quick 1)")
     parser.add_argument("--runs", type=int, default=50, help="timed runs of each int8 file")
+    parser.add_argument("--ridges", default="0,default",
+                        help="comma-separated ridges of the model rows, 'default' for RIDGE "
+                             "(default: %(default)s)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds of the model rows")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
+    from tflowrank.decompositions.cp import RIDGE
+
+    try:
+        ridges = tuple(RIDGE if r == "default" else float(r) for r in args.ridges.split(","))
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+    except ValueError:
+        parser.error(f"--ridges takes numbers or 'default', --seeds integers; got "
+                     f"{args.ridges!r} and {args.seeds!r}")
+    if not all(r >= 0 for r in ridges):
+        parser.error(f"--ridges must be >= 0; got {args.ridges!r}")
     epochs = args.epochs if args.epochs is not None else (1 if args.quick else 2)
     if epochs < 1:
         parser.error(f"--epochs must be at least 1; got {epochs}")
-    sizes = (4096, 1000) if args.quick else (60000, 10000)
+    sizes = (2048, 500) if args.quick else (60000, 10000)
     require_fashion_mnist()
-    from tflowrank.decompositions.cp import RIDGE
-
-    ridges = (0.0, RIDGE)
     record = {"command": command_line(), "environment": environment(),
               "config": {"quick": args.quick, "epochs": epochs, "train": sizes[0], "test": sizes[1],
-                         "ridges": ridges, "target": TARGET, "layers": LAYERS},
+                         "ridges": ridges, "seeds": seeds, "target": TARGET, "layers": LAYERS},
               "load_average_start": load_average()}
     started = time.perf_counter()
     print("[cp_stability] kernels ...", flush=True)
@@ -170,11 +182,12 @@ def main(argv=None):
     plan = run_isolated(_plan)
     record["models"] = []
     with tempfile.TemporaryDirectory(prefix="bench-cp-") as folder:
-        for ridge in ridges:
-            print(f"[cp_stability] model, ridge {ridge:g} ...", flush=True)
-            record["models"].append(run_isolated(_model_row, folder, sizes, ridge, plan, epochs,
-                                                 args.runs))
-            write_json(args.json, record)
+        for seed in seeds:
+            for ridge in ridges:
+                print(f"[cp_stability] model, ridge {ridge:g}, seed {seed} ...", flush=True)
+                record["models"].append(run_isolated(_model_row, folder, sizes, ridge, plan, epochs,
+                                                     args.runs, seed))
+                write_json(args.json, record)
     return finish(record, started, args.json, table)
 
 
@@ -189,9 +202,9 @@ def table(record):
         base = models[0]["baseline_top1"]
         lines.append("")
         lines.append(format_table(
-            ("ridge", "ranks", "degeneracy", "decomposed f32", "decomposed int8", "int8 vs f32 logits",
-             "top-1 Keras", "top-1 int8", "vs float"),
-            [(f"{r['ridge']:g}", " / ".join(str(r["ranks"][n]) for n in LAYERS),
+            ("ridge", "seed", "ranks", "degeneracy", "decomposed f32", "decomposed int8",
+             "int8 vs f32 logits", "top-1 Keras", "top-1 int8", "vs float"),
+            [(f"{r['ridge']:g}", r.get("seed", 0), " / ".join(str(r["ranks"][n]) for n in LAYERS),
               " / ".join(f"{r['degeneracy'][n]:.1f}" for n in LAYERS),
               f"{r['decomposed_float_top1']:.4f}", f"{r['decomposed_int8_top1']:.4f}",
               f"{r['decomposed_int8_error']:.3f}", f"{r['keras_top1']:.4f}", f"{r['int8_top1']:.4f}",
