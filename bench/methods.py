@@ -103,12 +103,18 @@ def selects(method):
     return chosen
 
 
-def variant(model_name, method, ratio, seed, folder, export, test_images):
+def variant(model_name, method, ratio, seed, folder, export, test_images, cp_ridge=None):
     """Build the model, factorize it (method None: the baseline), measure, optionally export.
 
-    Runs in a spawned process. Returns a dict; ``status`` is "ok" or "nothing to factorize".
+    Runs in a spawned process (``cp_ridge``: set as ``tflowrank.decompositions.cp.RIDGE`` in it).
+    Returns a dict; ``status`` is "ok" or "nothing to factorize".
     """
     import numpy as np
+
+    if cp_ridge is not None:
+        import tflowrank.decompositions.cp as cp
+
+        cp.RIDGE = cp_ridge
 
     import tflowrank.decompositions  # noqa: F401  (imported before the clock starts)
     import tflowrank.factorization  # noqa: F401
@@ -291,7 +297,7 @@ def run(args, folder, record):
                 print(f"[{model_name}] {method} rank={ratio:g}: factorize"
                       f"{', export' if latency else ''} ...", end="", flush=True)
                 row = run_isolated(variant, model_name, method, ratio, args.seed, str(folder),
-                                   latency, args.test_images)
+                                   latency, args.test_images, args.cp_ridge)
                 if row["status"] == "ok":
                     summarise(row, baseline)
                     print(f" {row['factorize_seconds']:.2f} s, {row['n_layers']} layers, "
@@ -389,6 +395,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="weights of the applications")
     parser.add_argument("--quick", action="store_true", help="fashion at one ratio: a smoke test")
     parser.add_argument("--keep", metavar="DIR", help="keep the .tflite files in DIR")
+    parser.add_argument("--cp-ridge", type=float,
+                        help="CP-ALS's ridge (tflowrank.decompositions.cp.RIDGE; 0: plain CP-ALS; "
+                             "default: tflowrank's)")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
     args.models = args.models or (["fashion"] if args.quick else list(MODELS))
@@ -405,6 +414,8 @@ def main(argv=None):
     for name in ("threads", "repeats", "test_images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}")
+    if args.cp_ridge is not None and not args.cp_ridge >= 0:
+        parser.error(f"--cp-ridge must be >= 0; got {args.cp_ridge}")
     if (runs is not None and runs < 1) or (warmup is not None and warmup < 0):
         parser.error(f"--runs must be at least 1 and --warmup at least 0; got {runs}, {warmup}")
 
@@ -414,6 +425,7 @@ def main(argv=None):
                    "latency": not args.no_latency, "threads": args.threads, "runs": args.runs,
                    "warmup_runs": args.warmup, "repeats": args.repeats,
                    "test_images": args.test_images, "seed": args.seed, "quick": args.quick,
+                   "cp_ridge": args.cp_ridge,
                    "output_calibration_images": OUTPUT_CALIBRATION,
                    "int8_calibration": {"fashion": "500 training images",
                                         "applications": "8 inputs uniform in [-1, 1]"},
