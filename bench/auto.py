@@ -77,7 +77,6 @@ def uniform_plan(model, method, target, layers=UNIFORM_LAYERS):
     """A CompressionPlan giving ``layers`` one common share of their MACs so that the model
     keeps ``target`` of its MACs (predicted scores unknown: NaN)."""
     from tflowrank import cost, factorize
-    from tflowrank.plan import CompressionPlan, PlanEntry
 
     before = cost(model)
     by_name = {row.name.split("/")[-1]: row for row in before.layers}
@@ -93,7 +92,18 @@ def uniform_plan(model, method, target, layers=UNIFORM_LAYERS):
             low = middle
         else:
             high = middle
-    new = factorize(model, method, rank=max(low, 1e-6), layers=list(layers))
+    return plan_of(model, factorize(model, method, rank=max(low, 1e-6), layers=list(layers)),
+                   method, target, layers)
+
+
+def plan_of(model, new, method, target, layers=UNIFORM_LAYERS):
+    """The CompressionPlan of ``new``, ``model`` with ``layers`` factorized by ``method``
+    (predicted scores unknown: NaN)."""
+    from tflowrank import cost
+    from tflowrank.plan import CompressionPlan, PlanEntry
+
+    before = cost(model)
+    by_name = {row.name.split("/")[-1]: row for row in before.layers}
     after = {row.name.split("/")[-1]: row for row in cost(new).layers}
     entries = []
     for name in by_name:
