@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tflowrank.datasets import fashion_mnist_source
@@ -218,6 +219,40 @@ def test_a_learning_rate_at_or_below_zero_is_a_usage_error(monkeypatch, capsys, 
     with pytest.raises(SystemExit):
         module.main(["--learning-rate", "0"])
     assert "--learning-rate must be > 0; got 0.0" in capsys.readouterr().err
+
+
+def test_seeds_refuses_an_unknown_method(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import seeds
+
+    with pytest.raises(SystemExit):
+        seeds.main(["--methods", "cp,svdd"])
+    assert "--methods takes comma-separated names of spatial, svd" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ridges", "0,-1"], "--ridges must be >= 0; got '0,-1'"),
+    (["--ridges", "x"], "--ridges takes numbers or 'default', --seeds integers; got 'x' and '0'"),
+    (["--epochs", "0"], "--epochs must be at least 1; got 0"),
+])
+def test_cp_stability_refuses_bad_arguments(monkeypatch, capsys, argv, message):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import cp_stability
+
+    with pytest.raises(SystemExit):
+        cp_stability.main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_cp_stability_degeneracy_is_one_for_orthogonal_components_and_grows_with_cancelling(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import cp_stability
+
+    eye = np.eye(4)
+    assert cp_stability.degeneracy([eye[:, :2], eye[:, :2], eye[:, 2:]]) == pytest.approx(1.0)
+    big = np.ones((3, 2)) * 10.0
+    cancelling = [big, big, np.array([[1.0, -1.0 + 1e-3], [0.5, -0.5]])]  # two terms nearly cancel
+    assert cp_stability.degeneracy(cancelling) > 100
 
 
 def test_seeds_refuses_a_search_subset_below_one(monkeypatch, capsys):

@@ -36,14 +36,15 @@ other (Phan et al. 2020, "Stable Low-rank Tensor Decomposition for Compression o
 Neural Network"). On the Fashion-MNIST CNN's 3 x 3 kernels ``sqrt(sum_r ||term_r||^2) / ||W||``
 reached 4-17 (1 for orthogonal components). The chain then holds large intermediate values that
 cancel in its last step, so their int8 rounding, on a per-tensor scale set by the largest, is
-amplified: with those kernels CP-factorized to 3x fewer MACs, the post-training int8 file's
-logits were 78% off the float chain's (5% with the ridge) and its top-1 halved. Each update therefore also carries a ridge ``rho ||X||^2``, where ``X`` is the updated
-factor holding the weights: it penalises ``rho sum_r lambda_r^2``, the components' squared
-norms. ``rho = ridge * e^2`` follows the current relative error ``e``, so it fades as the fit
-closes in on an exactly rank-R kernel, which is still reproduced (with ``ridge * e`` it held
-some such fits at ``e`` ~ 0.06); the extrapolation is kept only if it lowers the penalised
-objective ``e^2 + rho sum_r lambda_r^2 / ||W||^2``; at the end one least-squares scale of all
-the weights undoes the ridge's uniform shrinkage. ``ridge=0`` is plain CP-ALS.
+amplified: with those kernels CP-factorized to 3x fewer MACs, the post-training int8 file's logits
+were 78% off the float chain's (5% with the ridge) and its top-1 halved. Each update therefore also
+carries a ridge ``rho ||X||^2``, where ``X`` is the updated factor holding the weights: it penalises
+``rho sum_r lambda_r^2``, the components' squared norms. ``rho = ridge * e^2`` follows the current
+relative error ``e``, so it fades as the fit closes in on an exactly rank-R kernel, which is still
+reproduced (with ``ridge * e`` it held some such fits at ``e`` ~ 0.06); the extrapolation is kept
+only if it lowers the penalised objective ``e^2 + rho sum_r lambda_r^2 / ||W||^2``; at the end one
+least-squares scale of all the weights undoes the ridge's uniform shrinkage. ``ridge=0`` is plain
+CP-ALS.
 
 At the end the components are sorted by weight and each weight is split evenly, ``lambda ** (1/4)``
 on each of the four factors, so that no layer of the chain carries the whole dynamic range before
