@@ -3,6 +3,7 @@
     python bench/conv1d.py            # full data: about 10 minutes
     python bench/conv1d.py --quick    # smoke test: 4,096 training / 1,000 test images, 1 epoch
     python bench/conv1d.py --budgets 3x   # one budget only
+    python bench/conv1d.py --rows "tflowrank,all 1-D methods" --seeds 1,2   # other seeds
 
 Each image is read as a sequence of 28 time steps (its rows) of 28 features (the pixels of the
 row), the sequential Fashion-MNIST task, so a real dataset exercises the 1-D path. The model,
@@ -140,8 +141,20 @@ def main(argv=None):
     parser.add_argument("--budgets", default=",".join(BUDGETS),
                         help="comma-separated budgets among 3x, 5x (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per int8 model")
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help="comma-separated rows among %(default)s (default: all)")
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated seeds of the compress rows (the baseline is trained "
+                             "with seed 0; default: %(default)s)")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
+    kinds = args.rows.split(",")
+    if not kinds or any(k not in ROWS for k in kinds):
+        parser.error(f"--rows takes {', '.join(ROWS)}; got {args.rows!r}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers; got {args.seeds!r}")
     sizes = (4096, 1000) if args.quick else (60000, 10000)
     epochs = 1 if args.quick else 2
     train_epochs = args.train_epochs or (1 if args.quick else 12)
@@ -155,7 +168,7 @@ def main(argv=None):
               "config": {"train": sizes[0], "test": sizes[1], "train_epochs": train_epochs,
                          "finetune_epochs": epochs, "budgets": budgets, "runs": args.runs,
                          "repeats": REPEATS,
-                         "quick": args.quick, "seed": 0},
+                         "quick": args.quick, "seeds": seeds, "rows": kinds},
               "load_average_start": load_average(), "rows": []}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-conv1d-") as folder:
@@ -163,14 +176,17 @@ def main(argv=None):
         print("[conv1d] training the baseline ...", flush=True)
         record["baseline"] = run_isolated(_train, model_path, sizes, train_epochs)
         write_json(args.json, record)
-        for name in budgets:
-            target = BUDGETS[name]
-            for kind, methods in ROWS.items():
-                label = f"{name} {kind}"
-                print(f"[conv1d] {label} ...", flush=True)
-                record["rows"].append(run_isolated(_row, folder, model_path, sizes, label, target,
-                                                   methods, epochs, args.runs))
-                write_json(args.json, record)
+        for seed in seeds:
+            for name in budgets:
+                target = BUDGETS[name]
+                for kind in kinds:
+                    label = f"{name} {kind}" + (f" seed {seed}" if seed else "")
+                    print(f"[conv1d] {label} ...", flush=True)
+                    row = run_isolated(_row, folder, model_path, sizes, label, target, ROWS[kind],
+                                       epochs, args.runs, seed)
+                    row["seed"] = seed
+                    record["rows"].append(row)
+                    write_json(args.json, record)
     return finish(record, started, args.json, table)
 
 
