@@ -221,6 +221,19 @@ def test_a_learning_rate_at_or_below_zero_is_a_usage_error(monkeypatch, capsys, 
     assert "--learning-rate must be > 0; got 0.0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--rows", "tflowrank,svd"], "--rows takes tflowrank, all 1-D methods, uniform svd; got 'tflowrank,svd'"),
+    (["--seeds", "1,x"], "--seeds takes comma-separated integers; got '1,x'"),
+])
+def test_conv1d_refuses_bad_rows_and_seeds(monkeypatch, capsys, argv, message):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import conv1d
+
+    with pytest.raises(SystemExit):
+        conv1d.main(argv)
+    assert message in capsys.readouterr().err
+
+
 def test_seeds_refuses_an_unknown_method(monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(BENCH))
     import seeds
