@@ -221,39 +221,22 @@ def test_a_learning_rate_at_or_below_zero_is_a_usage_error(monkeypatch, capsys, 
     assert "--learning-rate must be > 0; got 0.0" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--rows", "tflowrank,svd"], "--rows takes tflowrank, all 1-D methods, uniform svd; got 'tflowrank,svd'"),
-    (["--seeds", "1,x"], "--seeds takes comma-separated integers; got '1,x'"),
+@pytest.mark.parametrize("script, argv, message", [
+    ("conv1d", ["--rows", "tflowrank,svd"],
+     "--rows takes tflowrank, all 1-D methods, uniform svd; got 'tflowrank,svd'"),
+    ("conv1d", ["--seeds", "1,x"], "--seeds takes comma-separated integers; got '1,x'"),
+    ("seeds", ["--methods", "cp,svdd"], "--methods takes comma-separated names of spatial, svd"),
+    ("cp_stability", ["--ridges", "0,-1"], "--ridges must be >= 0; got '0,-1'"),
+    ("cp_stability", ["--ridges", "x"],
+     "--ridges takes numbers or 'default', --seeds integers; got 'x' and '0'"),
+    ("cp_stability", ["--epochs", "0"], "--epochs must be at least 1; got 0"),
 ])
-def test_conv1d_refuses_bad_rows_and_seeds(monkeypatch, capsys, argv, message):
+def test_bench_scripts_refuse_bad_arguments(monkeypatch, capsys, script, argv, message):
     monkeypatch.syspath_prepend(str(BENCH))
-    import conv1d
+    module = importlib.import_module(script)
 
     with pytest.raises(SystemExit):
-        conv1d.main(argv)
-    assert message in capsys.readouterr().err
-
-
-def test_seeds_refuses_an_unknown_method(monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(BENCH))
-    import seeds
-
-    with pytest.raises(SystemExit):
-        seeds.main(["--methods", "cp,svdd"])
-    assert "--methods takes comma-separated names of spatial, svd" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--ridges", "0,-1"], "--ridges must be >= 0; got '0,-1'"),
-    (["--ridges", "x"], "--ridges takes numbers or 'default', --seeds integers; got 'x' and '0'"),
-    (["--epochs", "0"], "--epochs must be at least 1; got 0"),
-])
-def test_cp_stability_refuses_bad_arguments(monkeypatch, capsys, argv, message):
-    monkeypatch.syspath_prepend(str(BENCH))
-    import cp_stability
-
-    with pytest.raises(SystemExit):
-        cp_stability.main(argv)
+        module.main(argv)
     assert message in capsys.readouterr().err
 
 

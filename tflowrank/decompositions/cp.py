@@ -182,10 +182,7 @@ def _objective(error, weights, rho, norm):
 
 def _least_squares_scale(w9t, factors, weights):
     """The scale ``s`` minimising ``||W - s W_hat||``: ``<W, W_hat> / ||W_hat||^2`` (1 if ``W_hat`` is 0)."""
-    a, b, c, d = factors
-    kr_ab = (a[:, None, :] * b[None, :, :]).reshape(len(a) * len(b), len(weights))
-    inner = np.einsum("kor,or,kr,r->", w9t @ c, d, kr_ab, weights, optimize=True)
-    squared = weights @ ((a.T @ a) * (b.T @ b) * (c.T @ c) * (d.T @ d)) @ weights
+    inner, squared = _inner_and_square(w9t, factors, weights)
     return float(inner / squared) if squared > 0.0 else 1.0
 
 
@@ -228,12 +225,17 @@ def _error(w9t, norm, factors, weights):
     """Relative error of a CP model, with one contraction of W: ``||W||^2 - 2 <W, W_hat> + ||W_hat||^2``."""
     if norm == 0.0:
         return 0.0
+    inner, squared = _inner_and_square(w9t, factors, weights)
+    return float(np.sqrt(max(norm**2 - 2.0 * inner + squared, 0.0)) / norm)
+
+
+def _inner_and_square(w9t, factors, weights):
+    """``<W, W_hat>`` (one contraction of W) and ``||W_hat||^2`` of a CP model."""
     a, b, c, d = factors
     kr_ab = (a[:, None, :] * b[None, :, :]).reshape(len(a) * len(b), len(weights))
     inner = np.einsum("kor,or,kr,r->", w9t @ c, d, kr_ab, weights, optimize=True)
     gram = (a.T @ a) * (b.T @ b) * (c.T @ c) * (d.T @ d)
-    squared = norm**2 - 2.0 * inner + weights @ gram @ weights
-    return float(np.sqrt(max(squared, 0.0)) / norm)
+    return inner, weights @ gram @ weights
 
 
 def _update(mttkrp, gram, factor, weights, rho=0.0):
