@@ -1,6 +1,6 @@
 """Conv1D factorization: a 1-D CNN on Fashion-MNIST read as sequences, compressed by ``compress``.
 
-    python bench/conv1d.py            # full data: about 10 minutes
+    python bench/conv1d.py            # full data: about 13 minutes
     python bench/conv1d.py --quick    # smoke test: 4,096 training / 1,000 test images, 1 epoch
     python bench/conv1d.py --budgets 3x   # one budget only
     python bench/conv1d.py --rows "tflowrank,all 1-D methods" --seeds 1,2   # other seeds
@@ -19,7 +19,8 @@ fine-tuning epochs, the last 0.1 quantization-aware, int8 export; host int8 late
 file and the baseline's over 5 rounds in fresh processes, 200 runs each, 1 thread):
 
 - ``Nx tflowrank``: the search's plan with ``compress``'s default methods (spatial where it
-  applies, else svd: ``svd`` for every Conv1D);
+  applies, else svd, tucker2 and cp competing: the three for every Conv1D, svd for the Dense);
+- ``Nx svd alone``: ``methods=("svd",)``, the default before CP-ALS was ridged;
 - ``Nx all 1-D methods``: the search's plan with ``svd``, ``tucker2``, ``cp`` and ``output``
   competing for every layer;
 - ``Nx uniform svd``: ``svd`` with one common share of MACs kept in every convolution (the
@@ -52,7 +53,8 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "conv1d.json"
 BUDGETS = {"3x": 1 / 3, "5x": 1 / 5}
 UNIFORM_LAYERS = ("conv1", "conv2", "conv3", "conv4")
 ALL_METHODS = ("svd", "tucker2", "cp", "output")
-ROWS = {"tflowrank": None, "all 1-D methods": ALL_METHODS, "uniform svd": "uniform"}
+ROWS = {"tflowrank": None, "svd alone": ("svd",), "all 1-D methods": ALL_METHODS,
+        "uniform svd": "uniform"}
 BATCH = 128
 REPEATS = 5
 

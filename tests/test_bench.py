@@ -114,13 +114,13 @@ def test_conv1d_quick_mode_writes_its_json(tmp_path):
     out = tmp_path / "conv1d.json"
     result = subprocess.run(
         [sys.executable, str(BENCH / "conv1d.py"), "--quick", "--budgets", "5x", "--runs", "10",
-         "--json", str(out)],
+         "--rows", "tflowrank,svd alone,uniform svd", "--json", str(out)],
         capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads(out.read_text())
     rows = {row["row"]: row for row in report["rows"]}
-    assert list(rows) == ["5x tflowrank", "5x all 1-D methods", "5x uniform svd"]  # one budget
+    assert list(rows) == ["5x tflowrank", "5x svd alone", "5x uniform svd"]  # one budget, 3 rows
     for row in rows.values():
         assert row["fully_int8"] and row["ops"]["RESHAPE"] == 2  # in and out of the one-row chains
         chains = [e for e in row["plan"]["entries"] if e["method"]]
@@ -223,7 +223,7 @@ def test_a_learning_rate_at_or_below_zero_is_a_usage_error(monkeypatch, capsys, 
 
 @pytest.mark.parametrize("script, argv, message", [
     ("conv1d", ["--rows", "tflowrank,svd"],
-     "--rows takes tflowrank, all 1-D methods, uniform svd; got 'tflowrank,svd'"),
+     "--rows takes tflowrank, svd alone, all 1-D methods, uniform svd; got 'tflowrank,svd'"),
     ("conv1d", ["--seeds", "1,x"], "--seeds takes comma-separated integers; got '1,x'"),
     ("seeds", ["--methods", "cp,svdd"], "--methods takes comma-separated names of spatial, svd"),
     ("cp_stability", ["--ridges", "0,-1"], "--ridges must be >= 0; got '0,-1'"),

@@ -286,11 +286,12 @@ def test_a_model_with_nothing_to_factorize_is_refused(tmp_path):
 def test_cli_help_states_the_default_methods(capsys):
     from tflowrank.compression import DEFAULT_METHODS
 
-    assert DEFAULT_METHODS == ("spatial", "svd")
+    assert DEFAULT_METHODS == ("spatial", ("svd", "tucker2", "cp"))
     with pytest.raises(SystemExit):
         main(["compress", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "default: spatial where it applies, svd elsewhere" in text
+    assert ("default: spatial where it applies, svd elsewhere; svd, tucker2 and cp competing for a "
+            "Conv1D") in text
     assert "--qat-epochs" in text and "(default 0.1)" in text
     assert ("--learning-rate LEARNING_RATE the fine-tuning's peak learning rate (Adam, one cosine "
             "decay; default: 2e-3 when the model keeps more than a quarter of its MACs, 4e-3 below)") in text

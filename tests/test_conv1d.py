@@ -2,6 +2,7 @@
 from the layer itself through factorize, refit, search, quantization-aware training and export."""
 
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -274,6 +275,23 @@ def test_search_plans_the_conv1d_layers(trained):
     assert {"b", "c"} <= set(methods) and set(methods.values()) <= {"svd", "tucker2", "cp", "output"}
     factorized = tflowrank.factorize(model, plan, data=x_val if "output" in plan.methods else None)
     assert tflowrank.cost(factorized).macs == plan.total_after
+
+
+def test_compress_default_lets_svd_tucker2_and_cp_compete_for_a_conv1d(trained, tmp_path):
+    from tflowrank.compression import DEFAULT_METHODS
+
+    model, _, (x_val, y_val) = trained
+    path = tmp_path / "table.json"
+    with warnings.catch_warnings():  # 3 ranks per layer: the plan may land a few % under
+        warnings.simplefilter("ignore")
+        plan = tflowrank.search(model, (x_val, y_val), 0.5, methods=DEFAULT_METHODS, candidates=3,
+                                cache=path, first_applicable=True, progress=False)
+    measured = {layer: sorted(by_method) for layer, by_method in
+                json.loads(path.read_text())["scores"].items()}
+    # spatial splits no Conv1D; tucker2 and cp skip the 1 x 1 kernel and the Dense head
+    assert measured == {"a": ["cp", "svd", "tucker2"], "b": ["cp", "svd", "tucker2"],
+                        "c": ["cp", "svd", "tucker2"], "pointwise": ["svd"], "head": ["svd"]}
+    assert plan.methods and set(plan.methods) <= {"svd", "tucker2", "cp"}
 
 
 @pytest.mark.slow

@@ -238,6 +238,33 @@ def test_first_applicable_measures_one_method_per_layer_in_order_of_preference(m
         search(model, data, 0.5, methods=("spatial", "svd"), candidates=3, cache=path)
 
 
+def test_a_tuple_of_methods_is_one_tier_of_the_order_of_preference(model, data, tmp_path):
+    import json
+
+    from tflowrank.rank_search import _check_methods
+
+    assert _check_methods(("spatial", ("svd", "tucker2", "cp"))) == ("spatial", ("svd", "tucker2", "cp"))
+    assert _check_methods(["svd", ["svd", "cp"], ("cp",)]) == ("svd", "cp")  # each name once
+    path = tmp_path / "table.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        search(model, data, 0.5, methods=("spatial", ("svd", "tucker2", "cp")), candidates=3,
+               cache=path, first_applicable=True)
+    measured = {layer: sorted(by_method) for layer, by_method in
+                json.loads(path.read_text())["scores"].items()}
+    assert measured == {"conv1": ["spatial"], "conv2": ["spatial"], "conv3": ["spatial"],
+                        "head": ["svd"]}  # tucker2 and cp cannot take the Dense head either
+    with warnings.catch_warnings():  # without first_applicable every name competes
+        warnings.simplefilter("ignore")
+        search(model, data, 0.5, methods=("spatial", ("svd", "cp")), candidates=3, cache=path)
+    measured = {layer: sorted(by_method) for layer, by_method in
+                json.loads(path.read_text())["scores"].items()}
+    assert measured["conv2"] == ["cp", "spatial", "svd"] and measured["head"] == ["svd"]
+    for bad in [("svd", ()), ("svd", ("cp", 3)), (("svd", "foo"),), [None]]:
+        with pytest.raises(ValueError, match=re.escape(f"Received: methods={bad!r}")):
+            search(model, data, 0.5, methods=bad)
+
+
 # -- errors -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", [0, -0.5, 1.5, True, "half"])

@@ -173,7 +173,8 @@ def _parser():
                         "input model's, with this weight (0: off; default 0.3 when the model keeps "
                         "more than a sixth of its MACs, 0 below)")
     p.add_argument("--methods", help="comma-separated, all competing for every layer (default: "
-                                     "spatial where it applies, svd elsewhere)")
+                                     "spatial where it applies, svd elsewhere; svd, tucker2 and cp "
+                                     "competing for a Conv1D)")
     p.add_argument("--candidates", type=int, default=10, help="ranks measured per layer and method")
     p.add_argument("--search-samples", type=int, default=None,
                    help="training samples, drawn with --seed, the sensitivities are scored on "

@@ -22,15 +22,21 @@ __all__ = ["compress", "CompressionResult", "default_feature_distill", "default_
 
 _BN_BATCHES = 50  # batches of training inputs that re-estimate batch-norm statistics
 _FRONTIER_TARGETS = (0.9, 0.7, 0.5, 0.4, 0.33, 0.25, 0.2, 0.15, 0.125, 0.1)
-# compress's default: spatial wherever it applies, svd for the layers it cannot split (1 x 1
-# convolutions, Dense). The sensitivity table is measured before fine-tuning; what scores best
-# there is not what fine-tunes best. On the Fashion CNN (bench/auto.py, docs/benchmarks.md), with
-# the table scored as decomposed, letting spatial, svd, tucker2 and output compete ended 0.21
-# points below spatial alone after the same fine-tuning (CP alone is the lowest method); with
-# the refitted table the mixed search picks spatial for most layers and ends level or below
-# (-0.69 against -0.68 at 3x at cbb3e8e, -0.56 against -0.44 at fb6c49b) after a search three to
-# four times as long. methods= brings the others back.
-DEFAULT_METHODS = ("spatial", "svd")
+# compress's default, an order of preference (search(first_applicable=True)): spatial wherever it
+# applies; svd, tucker2 and cp competing for the layers it cannot split. For 2-D models only svd
+# is left there (tucker2 and cp skip 1 x 1 convolutions, and Dense layers); a Conv1D (k > 1)
+# gets the three. Spatial alone for the k x k Conv2D: the sensitivity table is measured before
+# fine-tuning, and what scores best there is not what fine-tunes best. On the Fashion CNN
+# (bench/auto.py, docs/benchmarks.md), with the table scored as decomposed, letting spatial, svd,
+# tucker2 and output compete ended 0.21 points below spatial alone after the same fine-tuning
+# (CP alone is the lowest method); with the refitted table the mixed search picks spatial for
+# most layers and ends level or below (-0.69 against -0.68 at 3x at cbb3e8e, -0.56 against -0.44
+# at fb6c49b) after a search three to four times as long. For Conv1D layers the three compete:
+# on the 1-D CNN of bench/conv1d.py, with CP-ALS ridged, the plans with CP and Tucker-2 chains
+# ended 0.19 points above svd alone at 3x and 1.07 above at 5x (means over three seeds; files
+# 6-28% larger and up to 13% slower at the same MACs); output was never chosen there, and it
+# needs the calibration inputs. methods= makes the named methods compete for every layer.
+DEFAULT_METHODS = ("spatial", ("svd", "tucker2", "cp"))
 # compress's default quantization-aware share of the fine-tuning, in epochs: the last tenth of
 # the last epoch. On the Fashion CNN (docs/benchmarks.md) a whole quantization-aware epoch of two
 # ended level with post-training int8 of two float epochs: fake quantization at a high learning
@@ -171,8 +177,10 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             float32 files and the PNG plots (``sensitivity.png``, ``accuracy_vs_macs.png``,
             ``ranks.png``; skipped with a note when matplotlib is not installed).
         methods, candidates, multiple_of: as ``tflowrank.search``; methods None: ``"spatial"``
-            wherever it applies and ``"svd"`` elsewhere (``search(first_applicable=True)``; see
-            ``DEFAULT_METHODS``); methods given: every one of them competes for every layer.
+            wherever it applies, and ``"svd"``, ``"tucker2"`` and ``"cp"`` competing elsewhere
+            (that is svd for 1 x 1 convolutions and Dense layers, all three for a Conv1D;
+            ``search(first_applicable=True)``; see ``DEFAULT_METHODS``); methods given: every
+            one of them competes for every layer.
         cache: the sensitivity table's JSON (default ``output_dir/sensitivity.json``): a second
             ``compress`` with another target reuses it.
         search_data, search_samples: the sensitivities are scored on the first

@@ -66,10 +66,13 @@ def search(model, data, target, cost="macs", methods=DEFAULT_METHODS, candidates
             default): the table then ranks the chains as they will be used, not as decomposed.
             None: when ``data`` has inputs. True needs them; False scores the factors as
             decomposed (for a plan applied with ``factorize`` alone).
-        first_applicable: each layer is measured with the first method of ``methods`` that
-            can factorize it only (an order of preference: ``("spatial", "svd")`` is spatial
+        first_applicable: ``methods`` is an order of preference: each layer is measured with
+            the first entry that can factorize it only, instead of every method that can. An
+            entry is a name or a tuple of names that compete: ``("spatial", "svd")`` is spatial
             wherever it applies and svd for the 1 x 1 convolutions and Dense layers it cannot
-            split), instead of every method that can.
+            split; ``("spatial", ("svd", "tucker2", "cp"))`` (``compress``'s default) also lets
+            svd, Tucker-2 and CP compete for a Conv1D. Without it, the tuples' names all compete
+            with the others.
         multiple_of: every rank in the plan is a multiple of it (or the full rank).
         max_samples, batch_size: the bounded evaluation set, and its batch size.
         progress: a progress line on stderr; None shows it when stderr is a terminal.
@@ -177,18 +180,35 @@ def _check_target(target):
 
 
 def _check_methods(methods):
+    """``methods`` as a tuple of tiers: a name, or a tuple of names that compete (one level)."""
     from .methods import METHOD_NAMES
 
+    expected = (f"`methods` must be a non-empty list of method names from "
+                f"{', '.join(map(repr, METHOD_NAMES))} (or of tuples of them). Received: methods={methods!r}")
     if isinstance(methods, str):
         methods = (methods,)
     if not isinstance(methods, (list, tuple)) or not methods:
-        raise ValueError(f"`methods` must be a non-empty list of method names from "
-                         f"{', '.join(map(repr, METHOD_NAMES))}. Received: methods={methods!r}")
-    unknown = [m for m in methods if m not in METHOD_NAMES]
+        raise ValueError(expected)
+    tiers = [(m,) if isinstance(m, str) else m for m in methods]
+    if any(not isinstance(t, (list, tuple)) or not t or not all(isinstance(m, str) for m in t)
+           for t in tiers):
+        raise ValueError(expected)
+    unknown = [m for t in tiers for m in t if m not in METHOD_NAMES]
     if unknown:
         raise ValueError(f"Unknown factorization method(s) {', '.join(map(repr, unknown))}: expected "
                          f"names from {', '.join(map(repr, METHOD_NAMES))}. Received: methods={methods!r}")
-    return tuple(dict.fromkeys(methods))
+    checked, seen = [], set()
+    for tier in tiers:
+        tier = tuple(m for m in dict.fromkeys(tier) if m not in seen)
+        seen.update(tier)
+        if tier:
+            checked.append(tier[0] if len(tier) == 1 else tier)
+    return tuple(checked)
+
+
+def _names(methods):
+    """Every method name in ``methods`` (checked tiers), in order."""
+    return tuple(m for entry in methods for m in ((entry,) if isinstance(entry, str) else entry))
 
 
 def _latency_table(cost, cache, latency_cache, latency_dtype, profile_options):
@@ -239,7 +259,7 @@ def _load_data(data, eval_fn, methods, max_samples, model):
     if data is None:
         if eval_fn is None:
             raise ValueError("`data` is needed to score the model (or pass eval_fn=). Received: data=None")
-        if "output" in methods:
+        if "output" in _names(methods):
             raise ValueError("method 'output' fits layers to their responses on inputs: pass data=. "
                              "Received: data=None")
         return None, None
@@ -321,23 +341,26 @@ def _sites(model, methods, candidates, first_applicable=False):
         if not original:
             continue
         site = _Site(call)
-        for method in methods:
-            cls = factor_class(method_table(method), layer)
-            if cls is None:
-                continue
-            reason = cls.supports(layer)
-            if reason is not None:
-                left.setdefault(call.path, reason)
-                continue
-            if method == "output" and call.path != layer.name:
-                continue  # the output method works on top-level layers only
-            if getattr(cls, "needs_spatial_extent", False) and math.prod(layer.kernel_size) == 1:
-                continue
-            measured = _measured_ranks(call, cls, original, candidates)
-            if measured:
-                site.methods[method] = (cls, measured)
-                if first_applicable:
-                    break
+        # first_applicable: the first tier with a method for the layer; else all compete
+        for tier in ([(m,) if isinstance(m, str) else m for m in methods] if first_applicable
+                     else [_names(methods)]):
+            for method in tier:
+                cls = factor_class(method_table(method), layer)
+                if cls is None:
+                    continue
+                reason = cls.supports(layer)
+                if reason is not None:
+                    left.setdefault(call.path, reason)
+                    continue
+                if method == "output" and call.path != layer.name:
+                    continue  # the output method works on top-level layers only
+                if getattr(cls, "needs_spatial_extent", False) and math.prod(layer.kernel_size) == 1:
+                    continue
+                measured = _measured_ranks(call, cls, original, candidates)
+                if measured:
+                    site.methods[method] = (cls, measured)
+            if site.methods:
+                break
         if site.methods:
             sites.append(site)
             left.pop(call.path, None)  # another method takes it
