@@ -34,7 +34,7 @@ _FRONTIER_TARGETS = (0.9, 0.7, 0.5, 0.4, 0.33, 0.25, 0.2, 0.15, 0.125, 0.1)
 # at fb6c49b) after a search three to four times as long. For Conv1D layers the three compete:
 # on the 1-D CNN of bench/conv1d.py, with CP-ALS ridged, the plans with CP and Tucker-2 chains
 # ended 0.19 points above svd alone at 3x and 1.07 above at 5x (means over three seeds; files
-# 6-28% larger and up to 13% slower at the same MACs); output was never chosen there, and it
+# 6-28% larger and 8-20% slower at the same MACs); output was never chosen there, and it
 # needs the calibration inputs. methods= makes the named methods compete for every layer.
 DEFAULT_METHODS = ("spatial", ("svd", "tucker2", "cp"))
 # compress's default quantization-aware share of the fine-tuning, in epochs: the last tenth of
