@@ -187,11 +187,11 @@ def _check_methods(methods):
                 f"{', '.join(map(repr, METHOD_NAMES))} (or of tuples of them). Received: methods={methods!r}")
     if isinstance(methods, str):
         methods = (methods,)
-    if not isinstance(methods, (list, tuple)) or not methods:
+    if (not isinstance(methods, (list, tuple)) or not methods
+            or any(not isinstance(entry, (str, list, tuple)) for entry in methods)):
         raise ValueError(expected)
-    tiers = [(m,) if isinstance(m, str) else m for m in methods]
-    if any(not isinstance(t, (list, tuple)) or not t or not all(isinstance(m, str) for m in t)
-           for t in tiers):
+    tiers = _tiers(methods)
+    if any(not tier or not all(isinstance(m, str) for m in tier) for tier in tiers):
         raise ValueError(expected)
     unknown = [m for t in tiers for m in t if m not in METHOD_NAMES]
     if unknown:
@@ -206,9 +206,14 @@ def _check_methods(methods):
     return tuple(checked)
 
 
+def _tiers(methods):
+    """``methods`` as a list of tuples of names (a name alone is a tier of one)."""
+    return [(entry,) if isinstance(entry, str) else tuple(entry) for entry in methods]
+
+
 def _names(methods):
-    """Every method name in ``methods`` (checked tiers), in order."""
-    return tuple(m for entry in methods for m in ((entry,) if isinstance(entry, str) else entry))
+    """Every method name in ``methods``, in order."""
+    return tuple(m for tier in _tiers(methods) for m in tier)
 
 
 def _latency_table(cost, cache, latency_cache, latency_dtype, profile_options):
@@ -342,8 +347,7 @@ def _sites(model, methods, candidates, first_applicable=False):
             continue
         site = _Site(call)
         # first_applicable: the first tier with a method for the layer; else all compete
-        for tier in ([(m,) if isinstance(m, str) else m for m in methods] if first_applicable
-                     else [_names(methods)]):
+        for tier in _tiers(methods) if first_applicable else [_names(methods)]:
             for method in tier:
                 cls = factor_class(method_table(method), layer)
                 if cls is None:
