@@ -32,8 +32,8 @@ _FRONTIER_TARGETS = (0.9, 0.7, 0.5, 0.4, 0.33, 0.25, 0.2, 0.15, 0.125, 0.1)
 # (CP alone is the lowest method); with the refitted table the mixed search picks spatial for
 # most layers and ends level or below (-0.69 against -0.68 at 3x at cbb3e8e, -0.56 against -0.44
 # at fb6c49b) after a search three to four times as long (plain CP-ALS then; with it ridged, CP
-# plans at 5x ended 0.18 above spatial over two seeds, docs/benchmarks.md: a lead, not yet a
-# default). For Conv1D layers the three compete:
+# plans at 5x ended 0.28 above spatial over four seeds, docs/benchmarks.md: not the default
+# until 8x and the AVX-512 latency are measured). For Conv1D layers the three compete:
 # on the 1-D CNN of bench/conv1d.py, with CP-ALS ridged, the plans with CP and Tucker-2 chains
 # ended 0.19 points above svd alone at 3x and 1.07 above at 5x (means over three seeds; files
 # 6-28% larger and 8-20% slower at the same MACs); output was never chosen there, and it
