@@ -79,7 +79,7 @@ def uniform_plan(model, method, target, layers=UNIFORM_LAYERS):
     from tflowrank import cost, factorize
 
     before = cost(model)
-    by_name = {row.name.split("/")[-1]: row for row in before.layers}
+    by_name = _by_name(before)
     chosen = sum(by_name[name].macs for name in layers)
     share = (target * before.macs - (before.macs - chosen)) / chosen
     if share <= 0:
@@ -102,9 +102,8 @@ def plan_of(model, new, method, target, layers=UNIFORM_LAYERS):
     from tflowrank import cost
     from tflowrank.plan import CompressionPlan, PlanEntry
 
-    before = cost(model)
-    by_name = {row.name.split("/")[-1]: row for row in before.layers}
-    after = {row.name.split("/")[-1]: row for row in cost(new).layers}
+    before, new_cost = cost(model), cost(new)
+    by_name, after = _by_name(before), _by_name(new_cost)
     entries = []
     for name in by_name:
         if by_name[name].macs == 0 or by_name[name].class_name not in ("Conv2D", "Conv1D", "Dense"):
@@ -115,9 +114,14 @@ def plan_of(model, new, method, target, layers=UNIFORM_LAYERS):
                                      math.nan))
         else:
             entries.append(PlanEntry(name, None, None, by_name[name].macs, by_name[name].macs, math.nan))
-    total = cost(new).macs
-    return CompressionPlan(cost="macs", target=target, total_before=before.macs, total_after=total,
-                           baseline_score=math.nan, predicted_score=math.nan, entries=tuple(entries))
+    return CompressionPlan(cost="macs", target=target, total_before=before.macs,
+                           total_after=new_cost.macs, baseline_score=math.nan,
+                           predicted_score=math.nan, entries=tuple(entries))
+
+
+def _by_name(model_cost):
+    """A ``tflowrank.cost`` report's layer rows by layer name."""
+    return {row.name.split("/")[-1]: row for row in model_cost.layers}
 
 
 def decomposed_plan(model, train, target, cache, samples=1000, seed=0):

@@ -46,7 +46,7 @@ from _common import (
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "cp_stability.json"
 LAYERS = ("conv2", "conv3", "conv4")
 TARGET = 1 / 3
-QUICK_RANKS = (("conv2", 58), ("conv3", 89), ("conv4", 120))  # uniform_plan's at TARGET
+QUICK_RANKS = {"conv2": 58, "conv3": 89, "conv4": 120}  # uniform_plan's at TARGET
 
 
 def degeneracy(factors):
@@ -109,7 +109,7 @@ def _plan(quick):
 
     model = zoo.load_fashion_cnn()
     if quick:
-        return plan_of(model, factorize(model, "cp", dict(QUICK_RANKS)), "cp", TARGET, LAYERS).to_dict()
+        return plan_of(model, factorize(model, "cp", QUICK_RANKS), "cp", TARGET, LAYERS).to_dict()
     return uniform_plan(model, "cp", TARGET, layers=LAYERS).to_dict()
 
 
