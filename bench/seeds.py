@@ -8,6 +8,7 @@
     python bench/seeds.py --budgets 3x --feature-distill 0       # fine-tuning without feature hints
     python bench/seeds.py --budgets 3x --no-qat                  # post-training int8, no QAT tail
     python bench/seeds.py --budgets 3x --methods cp              # the tflowrank row's search: CP only
+    python bench/seeds.py --budgets 8x --rows tflowrank          # one row (uniform's is seed-paired)
     python bench/seeds.py --quick           # smoke test: 4,096 training / 1,000 test images, 3x, 1 epoch
 
 ``bench/auto.py`` runs each row once, with seed 0. On the Fashion-MNIST CNN the same plan through
@@ -70,6 +71,8 @@ def main(argv=None):
     parser.add_argument("--methods",
                         help="comma-separated methods competing in the tflowrank rows' search "
                              "(compress's methods=; default: compress's, spatial where it applies)")
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help="comma-separated rows among %(default)s (default: both)")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
     budgets, epochs, sizes = run_settings(parser, args)
@@ -86,6 +89,9 @@ def main(argv=None):
         parser.error(f"--search-samples must be >= 1; got {args.search_samples}")
     if args.feature_distill is not None and not args.feature_distill >= 0:
         parser.error(f"--feature-distill must be >= 0; got {args.feature_distill}")
+    kinds = args.rows.split(",")
+    if not kinds or any(k not in ROWS for k in kinds) or len(set(kinds)) != len(kinds):
+        parser.error(f"--rows takes comma-separated names of {', '.join(ROWS)}; got {args.rows!r}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -99,14 +105,14 @@ def main(argv=None):
                          "learning_rate": args.learning_rate,
                          "search_samples": args.search_samples,
                          "feature_distill": args.feature_distill, "qat": not args.no_qat,
-                         "methods": methods},
+                         "methods": methods, "rows": kinds},
               "load_average_start": load_average(), "rows": []}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-seeds-") as folder:
         for name in budgets:
             for seed in seeds:
                 cache = str(Path(folder) / f"sensitivity_seed{seed}.json")
-                for kind in ROWS:
+                for kind in kinds:
                     label = f"{name} {kind} seed {seed}"
                     print(f"[seeds] {label} ...", flush=True)
                     row = run_isolated(_compress_row, folder, sizes, label, BUDGETS[name],
@@ -133,6 +139,7 @@ def summary(rows):
         points = {kind: {r["seed"]: 100 * (r["int8_top1"] - r["baseline_top1"])
                          for r in rows if r["budget_name"] == name and r["kind"] == kind}
                   for kind in ROWS}
+        points = {kind: by_seed for kind, by_seed in points.items() if by_seed}
         entry = {"budget": name, "rows": {}}
         for kind, by_seed in points.items():
             values = list(by_seed.values())
@@ -140,7 +147,7 @@ def summary(rows):
                                    "stdev": statistics.stdev(values) if len(values) > 1 else None,
                                    "min": min(values), "max": max(values)}
         paired = [points["tflowrank"][s] - points["uniform spatial"][s]
-                  for s in points["tflowrank"] if s in points["uniform spatial"]]
+                  for s in points.get("tflowrank", {}) if s in points.get("uniform spatial", {})]
         entry["tflowrank_minus_uniform"] = {
             "points": paired, "mean": statistics.fmean(paired) if paired else None,
             "stdev": statistics.stdev(paired) if len(paired) > 1 else None,
@@ -161,6 +168,8 @@ def table(entries):
                           "" if stats["stdev"] is None else f"{stats['stdev']:.2f}", fmt(stats["min"]),
                           fmt(stats["max"])))
         diff = entry["tflowrank_minus_uniform"]
+        if not diff["seeds"]:
+            continue
         lines.append((entry["budget"], "tflowrank - uniform (paired)", str(diff["seeds"]),
                       fmt(diff["mean"]), "" if diff["stdev"] is None else f"{diff['stdev']:.2f}",
                       fmt(min(diff["points"], default=None)), fmt(max(diff["points"], default=None))))

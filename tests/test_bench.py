@@ -181,6 +181,30 @@ def test_seeds_summary_pairs_the_rows_by_seed(monkeypatch):
     assert "tflowrank ahead in 2 of 3 seeds" in text
 
 
+def test_seeds_summary_of_one_row_kind_has_no_pairs(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import seeds
+
+    rows = [{"budget_name": "8x", "kind": "tflowrank", "seed": s, "int8_top1": t, "baseline_top1": 0.925}
+            for s, t in ((0, 0.905), (1, 0.907))]
+    (entry,) = seeds.summary(rows)
+    assert list(entry["rows"]) == ["tflowrank"]
+    assert entry["rows"]["tflowrank"]["mean"] == pytest.approx(-1.9)
+    assert entry["tflowrank_minus_uniform"]["seeds"] == 0
+    text = seeds.table([entry])
+    assert "-1.90" in text and "paired" not in text
+
+
+def test_seeds_refuses_an_unknown_row(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import seeds
+
+    with pytest.raises(SystemExit):
+        seeds.main(["--rows", "tflowrank,pruning"])
+    assert "--rows takes comma-separated names of tflowrank, uniform spatial; got 'tflowrank,pruning'" in (
+        capsys.readouterr().err)
+
+
 def test_seeds_refuses_a_single_seed(monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(BENCH))
     import seeds
