@@ -151,6 +151,21 @@ def test_a_second_target_reuses_the_sensitivity_table(compressed, model, data, t
     assert {row["layer"] for row in again["refit"]} == {e.layer for e in other.plan.factorized}
 
 
+def test_the_report_draws_the_curves_of_its_own_search_only(compressed, model):
+    """A shared table may hold other searches' curves; the report shows what this search chose from."""
+    from tflowrank.compression import _sensitivity
+
+    result, out, _ = compressed
+    table = out / "sensitivity.json"
+    assert {c["method"] for c in _sensitivity(model, table, result.plan, METHODS, False)["curves"]} == set(
+        METHODS)
+    spatial = _sensitivity(model, table, result.plan, ("spatial",), False)["curves"]
+    assert {(c["layer"], c["method"]) for c in spatial} == {(n, "spatial") for n in ("conv1", "conv2", "conv3")}
+    tiers = _sensitivity(model, table, result.plan, ("spatial", ("svd", "output")), True)["curves"]
+    assert {(c["layer"], c["method"]) for c in tiers} == {
+        *((n, "spatial") for n in ("conv1", "conv2", "conv3")), ("head", "svd")}  # output: Conv2D only
+
+
 @pytest.mark.slow
 def test_the_search_scores_on_every_search_sample(model, data, tmp_path):
     """More than search's own default bound of 1,000: the first 1,000 samples carry the model's

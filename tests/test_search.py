@@ -180,9 +180,44 @@ def test_cache_made_for_other_settings_is_not_reused(model, tmp_path, capsys):
         search(model, None, 0.8, methods=("svd",), candidates=3, eval_fn=_penalty_eval("conv2"),
                cache=path, progress=True)
     assert "search [" in capsys.readouterr().err
-    with pytest.warns(UserWarning, match="another model, data or settings"):
-        search(model, None, 0.8, methods=("spatial",), candidates=3, eval_fn=_penalty_eval("conv2"),
+    with pytest.warns(UserWarning, match="another model, data or settings"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*too coarse")
+        search(model, None, 0.8, methods=("svd",), candidates=4, eval_fn=_penalty_eval("conv2"),
                cache=path)
+
+
+def test_cache_keeps_every_method_measured_and_measures_only_what_it_lacks(model, tmp_path, monkeypatch):
+    import json
+
+    from tflowrank import rank_search
+
+    measured = []
+    real = rank_search._layer_curve
+
+    def counting(model, call, method, *args, **kwargs):
+        measured.append((call.path, method))
+        return real(model, call, method, *args, **kwargs)
+
+    monkeypatch.setattr(rank_search, "_layer_curve", counting)
+    path, score = tmp_path / "table.json", _penalty_eval("conv2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "another model, data or settings" between the calls
+        warnings.filterwarnings("ignore", message=".*too coarse")
+        search(model, None, 0.8, methods=("svd",), candidates=3, eval_fn=score, cache=path)
+        first = json.loads(path.read_text())["scores"]
+        assert sorted(measured) == [(n, "svd") for n in ("conv1", "conv2", "conv3", "head")]
+        measured.clear()
+        both = search(model, None, 0.8, methods=("spatial", "svd"), candidates=3, eval_fn=score,
+                      cache=path)
+        assert sorted(measured) == [(n, "spatial") for n in ("conv1", "conv2", "conv3")]  # svd read
+        table = json.loads(path.read_text())["scores"]
+        assert all(table[n]["svd"] == first[n]["svd"] for n in first)
+        assert sorted(table["conv2"]) == ["spatial", "svd"]
+        measured.clear()
+        assert search(model, None, 0.8, methods=("spatial", "svd"), candidates=3, eval_fn=score,
+                      cache=path) == both
+        search(model, None, 0.7, methods=("spatial",), candidates=3, eval_fn=score, cache=path)
+        assert measured == []  # every curve asked for is in the table
 
 
 def test_refit_scores_each_candidate_as_refit_last_factors_builds_it(model, data, tmp_path):
@@ -232,10 +267,13 @@ def test_first_applicable_measures_one_method_per_layer_in_order_of_preference(m
                         "head": ["svd"]}  # spatial cannot split the Dense head
     assert {e.method for e in plan.factorized} <= {"spatial", "svd"}
     assert all(e.method == "spatial" for e in plan.factorized if e.layer != "head")
-    with warnings.catch_warnings(), \
-            pytest.warns(UserWarning, match="another model, data or settings"):  # another key
+    spatial = json.loads(path.read_text())["scores"]["conv2"]["spatial"]
+    with warnings.catch_warnings():  # the same table: the svd curves of conv1-conv3 added
+        warnings.simplefilter("error")
         warnings.filterwarnings("ignore", message=".*too coarse")
         search(model, data, 0.5, methods=("spatial", "svd"), candidates=3, cache=path)
+    table = json.loads(path.read_text())["scores"]
+    assert sorted(table["conv2"]) == ["spatial", "svd"] and table["conv2"]["spatial"] == spatial
 
 
 def test_a_tuple_of_methods_is_one_tier_of_the_order_of_preference(model, data, tmp_path):

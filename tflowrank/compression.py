@@ -490,7 +490,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
                    "error_after": _finite(row.error_after), "applied": row.applied,
                    "reason": row.reason} for row in refitted],
         "history": history,
-        "sensitivity": _sensitivity(model, cache, plan) if cache.is_file() else None,
+        "sensitivity": (_sensitivity(model, cache, plan, methods, first_applicable)
+                        if cache.is_file() else None),
         "frontier": frontier,
         "layers": [_layer_row(entry) for entry in plan.entries],
         "profiles": {"baseline": base_profile.to_dict(), "compressed": new_profile.to_dict()},
@@ -786,13 +787,15 @@ def _plan_macs_fraction(model, plan):
     return (total - saved) / total if total else 1.0
 
 
-def _sensitivity(model, cache, plan):
-    """Per layer and method: the measured scores against the share of the layer's MACs kept."""
+def _sensitivity(model, cache, plan, methods, first_applicable):
+    """Per layer and method: the measured scores against the share of the layer's MACs kept, for
+    the methods this search chose from (the table may hold other searches' curves too)."""
     import json
 
     from . import graph
     from .costs import layer_macs
     from .methods import factor_class, method_table
+    from .rank_search import _names, _tiers
 
     table = json.loads(Path(cache).read_text())
     calls = {call.path: call for call in graph.layer_calls(model)}
@@ -801,6 +804,11 @@ def _sensitivity(model, cache, plan):
     chosen = {e.layer: e for e in plan.factorized}
     curves = []
     for path, by_method in table["scores"].items():
+        # this search's methods for the layer: the first tier the table has curves of (search
+        # has just measured them), or every name when they all compete
+        tiers = _tiers(methods) if first_applicable else [_names(methods)]
+        tier = next((t for t in tiers if any(m in by_method for m in t)), ())
+        by_method = {m: points for m, points in by_method.items() if m in tier}
         call = calls[path]
         original = layer_macs(call.layer, call.input_shapes, call.output_shapes)
         for method, points in by_method.items():

@@ -23,7 +23,7 @@ from . import ranks
 __all__ = ["search"]
 
 DEFAULT_METHODS = ("spatial", "svd", "tucker2", "cp", "output")
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: one table of (layer, method) curves for any methods (1: keyed by methods)
 _TOLERANCE = 0.03  # a plan lands in [target * (1 - 3%), target]
 _CALIBRATION_SAMPLES = 256  # inputs used to fit the "output" method
 _LOWEST_FRACTION, _HIGHEST_FRACTION = 0.04, 0.8  # measured share of a layer's MACs
@@ -56,10 +56,11 @@ def search(model, data, target, cost="macs", methods=DEFAULT_METHODS, candidates
             geometrically spaced); the curve is interpolated between them.
         eval_fn: ``eval_fn(model) -> float``, higher is better, instead of accuracy on ``data``.
         cache: a JSON file for the sensitivity table: reused when it was made for the same model
-            weights, data and settings (``methods``, ``candidates``, ``max_samples``, the name of
-            ``eval_fn``, ``refit``, ``first_applicable``), else measured again and overwritten.
-            Targets, ``cost`` and ``multiple_of`` are not part of the key: another target reuses
-            the table.
+            weights, data and settings (``candidates``, ``max_samples``, the name of ``eval_fn``,
+            ``refit``), else measured again and overwritten. It holds one curve per (layer,
+            method): a search with other ``methods`` (or ``first_applicable``) measures only the
+            curves the table lacks and adds them. Targets, ``cost`` and ``multiple_of`` are not
+            part of the key: another target reuses the table.
         refit: score each candidate with its last factor and bias refitted by least squares to
             the layer's responses on the first 256 inputs of ``data`` (what
             ``tflowrank.refit.refit_last_factors`` does after ``factorize``, and ``compress`` by
@@ -136,11 +137,11 @@ def search(model, data, target, cost="macs", methods=DEFAULT_METHODS, candidates
     if not sites:
         raise ValueError(f"Model {model.name!r} has no layer that methods={methods!r} can factorize "
                          "so that it costs less (Conv2D / Conv1D / Dense layers, called once).")
-    key = _fingerprint(model, x, y, methods, candidates, max_samples, eval_fn, refit,
-                       first_applicable)
+    key = _fingerprint(model, x, y, candidates, max_samples, eval_fn, refit)
     table = _read_cache(cache, key)
-    if table is None:
-        table = _measure(model, sites, x, y, eval_fn, batch_size, progress, refit)
+    missing = _missing(sites, table)
+    if table is None or missing:
+        table = _measure(model, missing, x, y, eval_fn, batch_size, progress, refit, table)
         table["fingerprint"] = key
         if cache is not None:
             _write_cache(cache, table)
@@ -390,26 +391,46 @@ def _measured_ranks(call, cls, original, candidates):
 
 # -- measuring --------------------------------------------------------------------------------------
 
-def _measure(model, sites, x, y, eval_fn, batch_size, progress, refit):
+def _missing(sites, table):
+    """``[(site, [method, ...])]``: the curves of ``sites`` that ``table`` (None: none) lacks, or
+    holds at other ranks."""
+    stored = {} if table is None else table["scores"]
+    missing = []
+    for site in sites:
+        methods = [method for method, (_, measured) in site.methods.items()
+                   if [r for r, _ in stored.get(site.path, {}).get(method, [])] != _stored_ranks(measured)]
+        if methods:
+            missing.append((site, methods))
+    return missing
+
+
+def _stored_ranks(measured):
+    return [list(r) if isinstance(r, tuple) else r for r in measured]
+
+
+def _measure(model, missing, x, y, eval_fn, batch_size, progress, refit, table=None):
+    """``table`` (None: a new one) with the curves of ``missing`` (``_missing``) measured and added."""
     from .evaluate import one_logit
 
     scorer = eval_fn if eval_fn is not None else _accuracy_scorer(x, y, batch_size, one_logit(model))
-    total = sum(len(measured) for site in sites for _, measured in site.methods.values())
+    total = sum(len(site.methods[m][1]) for site, methods in missing for m in methods)
     bar = _Progress(total, progress)
-    baseline = float(scorer(model))
-    scores = {}
+    if table is None:
+        table = {"format": _CACHE_FORMAT, "baseline": float(scorer(model)), "scores": {}}
+    scores = table["scores"]
     try:
-        for site in sites:
+        for site, methods in missing:
             targets = _refit_targets(model, site.call, x) if refit else None  # every method's
-            for method, (cls, measured) in site.methods.items():
+            for method in methods:
+                cls, measured = site.methods[method]
                 bar.label = f"{site.path} {method}"
                 curve = _layer_curve(model, site.call, method, cls, measured, scorer, x, bar,
                                      targets)
                 scores.setdefault(site.path, {})[method] = [
-                    [list(r) if isinstance(r, tuple) else r, s] for r, s in zip(measured, curve)]
+                    [r, s] for r, s in zip(_stored_ranks(measured), curve)]
     finally:
         bar.close()
-    return {"format": _CACHE_FORMAT, "baseline": baseline, "scores": scores}
+    return table
 
 
 def _refit_targets(model, call, x):
@@ -541,8 +562,7 @@ class _Progress:
 
 # -- the cache --------------------------------------------------------------------------------------
 
-def _fingerprint(model, x, y, methods, candidates, max_samples, eval_fn, refit=False,
-                 first_applicable=False):
+def _fingerprint(model, x, y, candidates, max_samples, eval_fn, refit=False):
     digest = hashlib.sha256()
     digest.update(model.to_json().encode())
     for weight in model.weights:
@@ -554,9 +574,8 @@ def _fingerprint(model, x, y, methods, candidates, max_samples, eval_fn, refit=F
             digest.update(np.ascontiguousarray(array).tobytes())
     name = None if eval_fn is None else f"{getattr(eval_fn, '__module__', '')}." \
                                         f"{getattr(eval_fn, '__qualname__', type(eval_fn).__name__)}"
-    settings = {"format": _CACHE_FORMAT, "methods": list(methods), "candidates": candidates,
+    settings = {"format": _CACHE_FORMAT, "candidates": candidates,
                 "max_samples": max_samples, "eval_fn": name, "refit": refit,
-                "first_applicable": first_applicable,
                 "fractions": [_LOWEST_FRACTION, _HIGHEST_FRACTION], "cp_sweeps": _CP_SWEEPS}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()
