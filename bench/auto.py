@@ -11,10 +11,11 @@ batch-norm re-estimation, ``--epochs`` epochs of fine-tuning whose last tenth of
 quantization-aware (``qat_epochs=0.1``), int8 export, top-1 on the 10,000 test images, host
 int8 latency), so rows differ only in what is factorized:
 
-- ``tflowrank``: ``compress`` with its default search (spatial wherever it applies, svd for
-  the layers it cannot split; each candidate scored with its last factor refitted; the
-  sensitivity table is measured once, on 1,000 training images, and reused by the other
-  budgets: cache);
+- ``tflowrank``: ``compress`` with its default search (at 3x spatial wherever it applies, svd
+  for the layers it cannot split; at 5x and 8x, a quarter of the MACs or less, spatial, svd,
+  tucker2 and cp competing for every layer: ``compression.default_methods``; each candidate
+  scored with its last factor refitted; the sensitivity table is measured on 1,000 training
+  images and kept, so later budgets measure only the curves it lacks: cache);
 - ``tflowrank, table as decomposed`` (3x only): the same, its sensitivity table scoring the
   factors as decomposed (``search(refit=False)``), then the same pipeline (refit included);
 - ``search: spatial, svd, tucker2, output`` (3x only, not with ``--quick``): every one of those
@@ -130,11 +131,11 @@ def decomposed_plan(model, train, target, cache, samples=1000, seed=0):
     import numpy as np
 
     from tflowrank import search
-    from tflowrank.compression import DEFAULT_METHODS
+    from tflowrank.compression import default_methods
 
     x, y = train
     pick = np.sort(np.random.default_rng(seed).choice(len(x), min(samples, len(x)), replace=False))
-    return search(model, (x[pick], y[pick]), target, methods=DEFAULT_METHODS, cache=cache,
+    return search(model, (x[pick], y[pick]), target, methods=default_methods(target), cache=cache,
                   refit=False, first_applicable=True, max_samples=samples, progress=False)
 
 
@@ -244,7 +245,7 @@ def main(argv=None):
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")
     args = parser.parse_args(argv)
     budgets, epochs, sizes = run_settings(parser, args)
-    methods = None  # compress's default: spatial where it applies, svd elsewhere
+    methods = None  # compress's default: compression.default_methods(target)
     every = ("spatial", "svd", "tucker2", "output")  # the default before: every method competing
     singles = ("spatial", "svd") if args.quick else SINGLE_METHODS
     require_fashion_mnist()

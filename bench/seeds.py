@@ -70,7 +70,8 @@ def main(argv=None):
                              "fine-tuning (compress's qat=False)")
     parser.add_argument("--methods",
                         help="comma-separated methods competing in the tflowrank rows' search "
-                             "(compress's methods=; default: compress's, spatial where it applies)")
+                             "(compress's methods=; default: compress's, by the target: "
+                             "compression.default_methods)")
     parser.add_argument("--rows", default=",".join(ROWS),
                         help="comma-separated rows among %(default)s (default: both)")
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="output (default: %(default)s)")

@@ -298,15 +298,38 @@ def test_a_model_with_nothing_to_factorize_is_refused(tmp_path):
         compress(model, (x, y), (x, y), 0.5, output_dir=tmp_path / "out", log=None, progress=False)
 
 
-def test_cli_help_states_the_default_methods(capsys):
-    from tflowrank.compression import DEFAULT_METHODS
+def test_the_default_methods_follow_the_depth_of_the_cut():
+    from tflowrank.compression import DEEP_CUT_METHODS, DEFAULT_METHODS, default_methods
 
     assert DEFAULT_METHODS == ("spatial", ("svd", "tucker2", "cp"))
+    assert DEEP_CUT_METHODS == (("spatial", "svd", "tucker2", "cp"),)
+    assert default_methods(1.0) == default_methods(1 / 3) == default_methods(0.26) == DEFAULT_METHODS
+    assert default_methods(0.25) == default_methods(0.2) == default_methods(0.125) == DEEP_CUT_METHODS
+
+
+@pytest.mark.parametrize("target, expected", [(0.5, "DEFAULT_METHODS"), (0.2, "DEEP_CUT_METHODS")])
+def test_compress_searches_the_default_methods_of_its_target(model, data, tmp_path, monkeypatch, target,
+                                                              expected):
+    from tflowrank import compression, rank_search
+
+    class Searched(Exception):
+        pass
+
+    def search(model, data, target, **kwargs):
+        raise Searched(kwargs["methods"], kwargs["first_applicable"])
+
+    monkeypatch.setattr(rank_search, "search", search)
+    with pytest.raises(Searched) as caught:
+        compress(model, data[0], data[1], target, output_dir=tmp_path / "out", log=None, progress=False)
+    assert caught.value.args == (getattr(compression, expected), True)
+
+
+def test_cli_help_states_the_default_methods(capsys):
     with pytest.raises(SystemExit):
         main(["compress", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert ("default: spatial where it applies, svd elsewhere; svd, tucker2 and cp competing for a "
-            "Conv1D") in text
+            "Conv1D; when --target is 0.25 or less, spatial, svd, tucker2 and cp all competing") in text
     assert "--qat-epochs" in text and "(default 0.1)" in text
     assert ("--learning-rate LEARNING_RATE the fine-tuning's peak learning rate (Adam, one cosine "
             "decay; default: 2e-3 when the model keeps more than a quarter of its MACs, 4e-3 below)") in text

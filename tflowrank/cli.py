@@ -174,7 +174,8 @@ def _parser():
                         "more than a sixth of its MACs, 0 below)")
     p.add_argument("--methods", help="comma-separated, all competing for every layer (default: "
                                      "spatial where it applies, svd elsewhere; svd, tucker2 and cp "
-                                     "competing for a Conv1D)")
+                                     "competing for a Conv1D; when --target is 0.25 or less, "
+                                     "spatial, svd, tucker2 and cp all competing)")
     p.add_argument("--candidates", type=int, default=10, help="ranks measured per layer and method")
     p.add_argument("--search-samples", type=int, default=None,
                    help="training samples, drawn with --seed, the sensitivities are scored on "

@@ -18,7 +18,8 @@ import numpy as np
 
 from .evaluate import one_logit, output_activation
 
-__all__ = ["compress", "CompressionResult", "default_feature_distill", "default_learning_rate"]
+__all__ = ["compress", "CompressionResult", "default_feature_distill", "default_learning_rate",
+           "default_methods"]
 
 _BN_BATCHES = 50  # batches of training inputs that re-estimate batch-norm statistics
 _FRONTIER_TARGETS = (0.9, 0.7, 0.5, 0.4, 0.33, 0.25, 0.2, 0.15, 0.125, 0.1)
@@ -32,13 +33,23 @@ _FRONTIER_TARGETS = (0.9, 0.7, 0.5, 0.4, 0.33, 0.25, 0.2, 0.15, 0.125, 0.1)
 # (CP alone is the lowest method); with the refitted table the mixed search picks spatial for
 # most layers and ends level or below (-0.69 against -0.68 at 3x at cbb3e8e, -0.56 against -0.44
 # at fb6c49b) after a search three to four times as long (plain CP-ALS then; with it ridged, CP
-# plans at 5x ended 0.28 above spatial over four seeds, docs/benchmarks.md: not the default
-# until 8x and the AVX-512 latency are measured). For Conv1D layers the three compete:
+# plans at 5x ended 0.28 above spatial over four seeds: see DEEP_CUT_METHODS below). For
+# Conv1D layers the three compete:
 # on the 1-D CNN of bench/conv1d.py, with CP-ALS ridged, the plans with CP and Tucker-2 chains
 # ended 0.19 points above svd alone at 3x and 1.07 above at 5x (means over three seeds; files
 # 6-28% larger and 8-20% slower at the same MACs); output was never chosen there, and it
 # needs the calibration inputs. methods= makes the named methods compete for every layer.
 DEFAULT_METHODS = ("spatial", ("svd", "tucker2", "cp"))
+# compress's default where the target keeps a quarter of the cost or less: spatial, svd, tucker2
+# and cp all compete for every layer. Deep cuts leave spatial chains of very low rank, where a CP
+# or Tucker-2 chain keeps more rank for the same MACs; with CP-ALS ridged, on the Fashion CNN
+# (bench/seeds.py --methods spatial,svd,tucker2,cp, docs/benchmarks.md; AVX2 machine) those
+# plans ended 0.28 points above spatial alone keeping a fifth of the MACs (four seeds) and 0.12
+# above keeping an eighth (three seeds), ahead with every seed, with int8 files 11-27% larger and
+# about as fast on that host at the same MACs (on the AVX-512 machine CP chains ran slower than
+# spatial ones; cost="latency" times the chains themselves). Not above a quarter: keeping a
+# third, CP's larger files break the 10x-smaller target of bench/auto.py's 3x row.
+DEEP_CUT_METHODS = (("spatial", "svd", "tucker2", "cp"),)
 # compress's default quantization-aware share of the fine-tuning, in epochs: the last tenth of
 # the last epoch. On the Fashion CNN (docs/benchmarks.md) a whole quantization-aware epoch of two
 # ended level with post-training int8 of two float epochs: fake quantization at a high learning
@@ -53,6 +64,14 @@ QAT_EPOCHS = 0.1
 # search's plans 0.20 points there), 4e-3 was level at a fifth (+0.03) and 0.31 points better at
 # an eighth (the 8x target met only there); 8e-3 was no better (two seeds, uniform plans).
 _DEEP_CUT = 0.25  # a model keeping this share of its MACs or less fine-tunes at the higher rate
+
+
+def default_methods(target):
+    """The methods ``compress`` searches when given none, an order of preference for
+    ``search(first_applicable=True)``: ``DEEP_CUT_METHODS`` (spatial, svd, tucker2 and cp all
+    competing) when ``target`` keeps a quarter of the cost or less, ``DEFAULT_METHODS`` (spatial
+    wherever it applies) above."""
+    return DEEP_CUT_METHODS if target <= _DEEP_CUT else DEFAULT_METHODS
 
 
 def default_learning_rate(macs_kept):
@@ -178,11 +197,13 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             ``plan.json``, ``sensitivity.json``, ``compressed.keras``, the baseline's int8 and
             float32 files and the PNG plots (``sensitivity.png``, ``accuracy_vs_macs.png``,
             ``ranks.png``; skipped with a note when matplotlib is not installed).
-        methods, candidates, multiple_of: as ``tflowrank.search``; methods None: ``"spatial"``
-            wherever it applies, and ``"svd"``, ``"tucker2"`` and ``"cp"`` competing elsewhere
-            (that is svd for 1 x 1 convolutions and Dense layers, all three for a Conv1D;
-            ``search(first_applicable=True)``; see ``DEFAULT_METHODS``); methods given: every
-            one of them competes for every layer.
+        methods, candidates, multiple_of: as ``tflowrank.search``; methods None: by the depth
+            of the cut (``default_methods(target)``, ``search(first_applicable=True)``): when
+            ``target`` keeps more than a quarter of the cost, ``"spatial"`` wherever it applies,
+            and ``"svd"``, ``"tucker2"`` and ``"cp"`` competing elsewhere (that is svd for 1 x 1
+            convolutions and Dense layers, all three for a Conv1D; ``DEFAULT_METHODS``); a
+            quarter or less, all four compete for every layer (``DEEP_CUT_METHODS``). methods
+            given: every one of them competes for every layer.
         cache: the sensitivity table's JSON (default ``output_dir/sensitivity.json``): a second
             ``compress`` with another target reuses it.
         search_data, search_samples: the sensitivities are scored on the first
@@ -281,7 +302,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
         raise TypeError(f"`plan` must be a CompressionPlan or None. Received: plan={plan!r}")
     log = log or (lambda line: None)
     first_applicable = methods is None
-    methods = DEFAULT_METHODS if methods is None else methods
+    methods = default_methods(target) if methods is None else methods
     keras, _ = require_tensorflow()
     from . import graph
 
