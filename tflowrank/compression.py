@@ -823,11 +823,11 @@ def _sensitivity(model, cache, plan, methods, first_applicable):
     if not isinstance(table, dict) or not set(table.get("scores", {})) <= set(calls):
         return None  # a table made for another model
     chosen = {e.layer: e for e in plan.factorized}
+    tiers = _tiers(methods) if first_applicable else [_names(methods)]
     curves = []
     for path, by_method in table["scores"].items():
         # this search's methods for the layer: the first tier the table has curves of (search
         # has just measured them), or every name when they all compete
-        tiers = _tiers(methods) if first_applicable else [_names(methods)]
         tier = next((t for t in tiers if any(m in by_method for m in t)), ())
         by_method = {m: points for m, points in by_method.items() if m in tier}
         call = calls[path]
