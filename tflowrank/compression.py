@@ -816,14 +816,14 @@ def _sensitivity(model, cache, plan, methods, first_applicable):
     from . import graph
     from .costs import layer_macs
     from .methods import factor_class, method_table
-    from .rank_search import _names, _tiers
+    from .rank_search import _search_tiers
 
     table = json.loads(Path(cache).read_text())
     calls = {call.path: call for call in graph.layer_calls(model)}
     if not isinstance(table, dict) or not set(table.get("scores", {})) <= set(calls):
         return None  # a table made for another model
     chosen = {e.layer: e for e in plan.factorized}
-    tiers = _tiers(methods) if first_applicable else [_names(methods)]
+    tiers = _search_tiers(methods, first_applicable)
     curves = []
     for path, by_method in table["scores"].items():
         # this search's methods for the layer: the first tier the table has curves of (search

@@ -217,6 +217,12 @@ def _names(methods):
     return tuple(m for tier in _tiers(methods) for m in tier)
 
 
+def _search_tiers(methods, first_applicable):
+    """The tiers a layer's methods are taken from, in order: ``methods``' own with
+    ``first_applicable``, else one tier of every name (they all compete)."""
+    return _tiers(methods) if first_applicable else [_names(methods)]
+
+
 def _latency_table(cost, cache, latency_cache, latency_dtype, profile_options):
     """The ``LatencyTable`` for ``cost="latency"`` (None otherwise, where its arguments are refused)."""
     from pathlib import Path
@@ -348,7 +354,7 @@ def _sites(model, methods, candidates, first_applicable=False):
             continue
         site = _Site(call)
         # first_applicable: the first tier with a method for the layer; else all compete
-        for tier in _tiers(methods) if first_applicable else [_names(methods)]:
+        for tier in _search_tiers(methods, first_applicable):
             for method in tier:
                 cls = factor_class(method_table(method), layer)
                 if cls is None:
