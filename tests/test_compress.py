@@ -310,7 +310,17 @@ def test_the_default_methods_follow_the_depth_of_the_cut():
 @pytest.mark.parametrize("target, expected", [(0.5, "DEFAULT_METHODS"), (0.2, "DEEP_CUT_METHODS")])
 def test_compress_searches_the_default_methods_of_its_target(model, data, tmp_path, monkeypatch, target,
                                                               expected):
-    from tflowrank import compression, rank_search
+    from tflowrank import compression
+
+    searched = _searched_with(monkeypatch)
+    with pytest.raises(searched) as caught:
+        compress(model, data[0], data[1], target, output_dir=tmp_path / "out", log=None, progress=False)
+    assert caught.value.args == (getattr(compression, expected), True)
+
+
+def _searched_with(monkeypatch):
+    """Replace ``search`` by one that raises with the methods and tiers ``compress`` handed it."""
+    from tflowrank import rank_search
 
     class Searched(Exception):
         pass
@@ -319,15 +329,44 @@ def test_compress_searches_the_default_methods_of_its_target(model, data, tmp_pa
         raise Searched(kwargs["methods"], kwargs["first_applicable"])
 
     monkeypatch.setattr(rank_search, "search", search)
-    with pytest.raises(Searched) as caught:
-        compress(model, data[0], data[1], target, output_dir=tmp_path / "out", log=None, progress=False)
-    assert caught.value.args == (getattr(compression, expected), True)
+    return Searched
+
+
+@pytest.mark.parametrize("methods, first_applicable", [
+    (("spatial", "svd"), False), ("svd", False), (("spatial", ("svd", "tucker2", "cp")), True),
+    ([["spatial"], ["svd"]], True)])
+def test_methods_with_a_tuple_of_names_are_an_order_of_preference(model, data, tmp_path, monkeypatch,
+                                                                  methods, first_applicable):
+    searched = _searched_with(monkeypatch)
+    with pytest.raises(searched) as caught:
+        compress(model, data[0], data[1], 0.5, methods=methods, output_dir=tmp_path / "out", log=None,
+                 progress=False)
+    assert caught.value.args == (methods, first_applicable)
+
+
+@pytest.mark.parametrize("flags, methods, first_applicable", [
+    (["--methods", "spatial, svd"], ["spatial", "svd"], False),
+    (["--methods", "spatial", "--methods", "svd,tucker2,cp"], [("spatial",), ("svd", "tucker2", "cp")], True),
+    (["--methods", "spatial", "--methods", "svd"], [("spatial",), ("svd",)], True)])
+def test_cli_methods_given_again_are_an_order_of_preference(model, tmp_path, monkeypatch, capsys, flags,
+                                                            methods, first_applicable):
+    searched = _searched_with(monkeypatch)
+    path = tmp_path / "small.keras"
+    model.save(path)
+    x = np.zeros((4, 12, 12, 3), "float32")
+    np.savez(tmp_path / "data.npz", x_train=x, y_train=np.zeros(4), x_val=x, y_val=np.zeros(4))
+    with pytest.raises(searched) as caught:
+        main(["compress", str(path), "--data", str(tmp_path / "data.npz"), "--target", "0.5",
+              "-o", str(tmp_path / "out")] + flags)
+    assert caught.value.args == (methods, first_applicable)
 
 
 def test_cli_help_states_the_default_methods(capsys):
     with pytest.raises(SystemExit):
         main(["compress", "--help"])
     text = " ".join(capsys.readouterr().out.split())
+    assert ("given again, an order of preference: each layer takes the first --methods that can "
+            "factorize it (--methods spatial --methods svd,tucker2,cp)") in text
     assert ("default: spatial where it applies, svd elsewhere; svd, tucker2 and cp competing for a "
             "Conv1D; when --target is 0.25 or less, spatial, svd, tucker2 and cp all competing") in text
     assert "--qat-epochs" in text and "(default 0.1)" in text

@@ -172,10 +172,13 @@ def _parser():
                    help="the float fine-tuning also matches each factorized layer's output to the "
                         "input model's, with this weight (0: off; default 0.3 when the model keeps "
                         "more than a sixth of its MACs, 0 below)")
-    p.add_argument("--methods", help="comma-separated, all competing for every layer (default: "
-                                     "spatial where it applies, svd elsewhere; svd, tucker2 and cp "
-                                     "competing for a Conv1D; when --target is 0.25 or less, "
-                                     "spatial, svd, tucker2 and cp all competing)")
+    p.add_argument("--methods", action="append",
+                   help="comma-separated, all competing for every layer; given again, an order of "
+                        "preference: each layer takes the first --methods that can factorize it "
+                        "(--methods spatial --methods svd,tucker2,cp) (default: "
+                        "spatial where it applies, svd elsewhere; svd, tucker2 and cp "
+                        "competing for a Conv1D; when --target is 0.25 or less, "
+                        "spatial, svd, tucker2 and cp all competing)")
     p.add_argument("--candidates", type=int, default=10, help="ranks measured per layer and method")
     p.add_argument("--search-samples", type=int, default=None,
                    help="training samples, drawn with --seed, the sensitivities are scored on "
@@ -442,6 +445,15 @@ def _evaluate(args):
     print(f"top-1 {accuracy:.4f} on {count} samples of {args.data}")
 
 
+def _methods(given):
+    """``--methods``, given once: the names, competing; given again: tiers in order of preference
+    (``compress(methods=...)`` with a tuple of names: ``search(first_applicable=True)``)."""
+    if not given:
+        return None
+    tiers = [tuple(m.strip() for m in entry.split(",")) for entry in given]
+    return list(tiers[0]) if len(tiers) == 1 else tiers
+
+
 def _compress(args):
     from .compression import compress
 
@@ -465,7 +477,7 @@ def _compress(args):
         train, val = _labelled(args.data)
         train = tuple(a[:args.train_samples] for a in train)
         val = tuple(a[:args.val_samples] for a in val)
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    methods = _methods(args.methods)
     fallback = args.qat_float_fallback
     fallback = (False if fallback is None else True if fallback == "all"
                 else [name.strip() for name in fallback.split(",") if name.strip()])

@@ -74,6 +74,11 @@ def default_methods(target):
     return DEEP_CUT_METHODS if target <= _DEEP_CUT else DEFAULT_METHODS
 
 
+def _has_tiers(methods):
+    """Whether ``methods`` is an order of preference (holds a tuple of names) rather than names."""
+    return not isinstance(methods, str) and any(isinstance(entry, (list, tuple)) for entry in methods)
+
+
 def default_learning_rate(macs_kept):
     """The fine-tuning learning rate ``compress`` uses when given none: 2e-3 when the factorized
     model keeps more than a quarter of its MACs (``macs_kept``, a fraction), 4e-3 below."""
@@ -203,7 +208,9 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
             and ``"svd"``, ``"tucker2"`` and ``"cp"`` competing elsewhere (that is svd for 1 x 1
             convolutions and Dense layers, all three for a Conv1D; ``DEFAULT_METHODS``); a
             quarter or less, all four compete for every layer (``DEEP_CUT_METHODS``). methods
-            given: every one of them competes for every layer.
+            given as names: every one of them competes for every layer; given with a tuple of
+            names among them (``("spatial", ("svd", "cp"))``): an order of preference, as the
+            default (``search(first_applicable=True)``).
         cache: the sensitivity table's JSON (default ``output_dir/sensitivity.json``): a second
             ``compress`` with another target reuses it.
         search_data, search_samples: the sensitivities are scored on the first
@@ -301,7 +308,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     if plan is not None and not isinstance(plan, CompressionPlan):
         raise TypeError(f"`plan` must be a CompressionPlan or None. Received: plan={plan!r}")
     log = log or (lambda line: None)
-    first_applicable = methods is None
+    first_applicable = methods is None or _has_tiers(methods)
     methods = default_methods(target) if methods is None else methods
     keras, _ = require_tensorflow()
     from . import graph
