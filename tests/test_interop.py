@@ -235,22 +235,26 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
-def test_tfmot_quantizes_the_expanded_model_to_int8_tflite(tmp_path):
+def _tfmot_child(model, x, folder):
+    """Run ``_CHILD`` on ``model`` (portable file, inputs and outputs written to ``folder``) in a
+    ``TF_USE_LEGACY_KERAS=1`` process: the figures it prints, by name."""
     for module in ("tf_keras", "tensorflow_model_optimization"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed (pip install 'tflowrank[tfmot]')")
-    model = _mixed_model()
-    x = _inputs(32)
-    interop.save_portable(model, tmp_path / "model.npz")
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "expected.npy", np.asarray(model(x)))
+    interop.save_portable(model, folder / "model.npz")
+    np.save(folder / "x.npy", x)
+    np.save(folder / "expected.npy", np.asarray(model(x)))
     environment = dict(os.environ, TF_USE_LEGACY_KERAS="1")
-    result = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path)], capture_output=True,
+    result = subprocess.run([sys.executable, "-c", _CHILD, str(folder)], capture_output=True,
                             text=True, timeout=600, env=environment)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    report = dict(line.split(" ", 1) for line in result.stdout.splitlines()
-                  if line.split(" ", 1)[0] in ("OPS", "ERROR_VS_QAT", "ERROR_VS_FLOAT", "AGREEMENT"))
+    return dict(line.split(" ", 1) for line in result.stdout.splitlines()
+                if line.split(" ", 1)[0] in ("OPS", "ERROR_VS_QAT", "ERROR_VS_FLOAT", "AGREEMENT"))
+
+
+@pytest.mark.slow
+def test_tfmot_quantizes_the_expanded_model_to_int8_tflite(tmp_path):
+    report = _tfmot_child(_mixed_model(), _inputs(32), tmp_path)
     ops = report["OPS"]
     for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "PAD", "MAX_POOL_2D", "ADD",
                "CONCATENATION"):
@@ -260,3 +264,33 @@ def test_tfmot_quantizes_the_expanded_model_to_int8_tflite(tmp_path):
     assert float(report["ERROR_VS_FLOAT"]) < 0.15, report
     # (top-1 agreement is reported but not asserted: the random test model's logits are near
     # ties, so it moves with tfmot's unseeded range warm-up; the RMS error above is the measure)
+
+
+@pytest.mark.slow
+def test_tfmot_quantizes_a_1d_model_of_factorized_chains(tmp_path):
+    # every Conv1D factorized (tfmot 0.8 has no quantization config for a whole Conv1D): the
+    # chains are Conv2D / DepthwiseConv2D steps over one row between two reshapes, which it takes
+    import tflowrank
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((40, 3))
+    h = keras.layers.Conv1D(16, 1, name="stem")(inputs)
+    h = keras.layers.Conv1D(16, 5, padding="same", activation="relu", name="same")(h)
+    h = keras.layers.Conv1D(16, 3, padding="causal", dilation_rate=2, activation="relu", name="causal")(h)
+    h = keras.layers.Conv1D(16, 3, strides=2, activation="relu", name="strided")(h)
+    h = keras.layers.Conv1D(16, 3, padding="same", activation="relu", name="last")(h)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="head")(keras.layers.GlobalAveragePooling1D()(h)))
+    rng = np.random.default_rng(0)
+    for weight in model.trainable_weights:  # random biases: outputs of a size int8 can resolve
+        if len(weight.shape) == 1:
+            weight.assign(rng.normal(scale=0.3, size=weight.shape).astype("float32"))
+    low = tflowrank.factorize(model, "tucker2", {"same": (6, 6)})
+    low = tflowrank.factorize(low, "cp", {"causal": 6, "last": 5})
+    low = tflowrank.factorize(low, "svd", {"strided": 5, "stem": 2})
+    assert [type(low.get_layer(n)).__name__ for n in ("stem", "same", "causal", "strided", "last")] \
+        == ["SVDConv1D", "TuckerConv1D", "CPConv1D", "SVDConv1D", "CPConv1D"]
+    report = _tfmot_child(low, rng.normal(size=(32, 40, 3)).astype("float32"), tmp_path)
+    for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE", "PAD", "MEAN", "FULLY_CONNECTED"):
+        assert f"'{op}'" in report["OPS"], report
+    assert float(report["ERROR_VS_QAT"]) <= 2.01, report
+    assert float(report["ERROR_VS_FLOAT"]) < 0.15, report
