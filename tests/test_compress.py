@@ -333,7 +333,7 @@ def _searched_with(monkeypatch):
 
 
 @pytest.mark.parametrize("methods, first_applicable", [
-    (("spatial", "svd"), False), ("svd", False), (("spatial", ("svd", "tucker2", "cp")), True),
+    (("spatial", "svd"), False), (("spatial", ("svd", "tucker2", "cp")), True),
     ([["spatial"], ["svd"]], True)])
 def test_methods_with_a_tuple_of_names_are_an_order_of_preference(model, data, tmp_path, monkeypatch,
                                                                   methods, first_applicable):
