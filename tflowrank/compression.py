@@ -62,7 +62,8 @@ QAT_EPOCHS = 0.1
 # cut, the further the fine-tuning has to move the weights. On the Fashion CNN over 3 seeds
 # (bench/seeds.py, docs/benchmarks.md) 2e-3 was best keeping a third of the MACs (4e-3 cost the
 # search's plans 0.20 points there), 4e-3 was level at a fifth (+0.03) and 0.31 points better at
-# an eighth (the 8x target met only there); 8e-3 was no better (two seeds, uniform plans).
+# an eighth (the 8x target met only there); 8e-3 was no better (two seeds, uniform plans). With
+# the CP plans of DEEP_CUT_METHODS at a fifth, 4e-3 stayed ahead of 2e-3 (+0.07, four seeds).
 _DEEP_CUT = 0.25  # a model keeping this share of its MACs or less fine-tunes at the higher rate
 
 
@@ -89,7 +90,9 @@ def default_learning_rate(macs_kept):
 # (bench/seeds.py --feature-distill 0.3, docs/benchmarks.md) the hints lifted the uniform split
 # by 0.08 points keeping a third of the MACs and by 0.14 keeping a fifth, and cost it 0.05
 # keeping an eighth (the search's plans, 3 seeds: +0.07, +0.14, -0.02). The threshold sits
-# between the fifth and the eighth measured.
+# between the fifth and the eighth measured. With the CP and Tucker-2 plans of DEEP_CUT_METHODS
+# they gained 0.27 at a fifth (two seeds) and were level at an eighth (-0.02 over six seeds,
+# +0.16 to -0.32).
 _HINTED_CUT = 1 / 6  # a model keeping more than this share of its MACs fine-tunes with hints
 _HINT_WEIGHT = 0.3
 
