@@ -3,6 +3,7 @@
 import importlib.util
 import inspect
 import json
+import re
 import statistics
 
 import keras
@@ -342,6 +343,13 @@ def test_methods_with_a_tuple_of_names_are_an_order_of_preference(model, data, t
         compress(model, data[0], data[1], 0.5, methods=methods, output_dir=tmp_path / "out", log=None,
                  progress=False)
     assert caught.value.args == (methods, first_applicable)
+
+
+@pytest.mark.parametrize("methods", [5, ("svd", ()), ("svd", "foo")])
+def test_compress_names_bad_methods_before_any_work(model, data, tmp_path, methods):
+    with pytest.raises(ValueError, match=re.escape(f"Received: methods={methods!r}")):
+        compress(model, data[0], data[1], 0.5, methods=methods, output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("flags, methods, first_applicable", [

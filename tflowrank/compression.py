@@ -270,7 +270,7 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
     from .compress_data import as_data, keras_accuracy
     from .compress_data import tflite_accuracy as tflite_accuracy_on
     from .plan import COSTS, CompressionPlan
-    from .rank_search import _check_target
+    from .rank_search import _check_methods, _check_target
 
     target = _check_target(target)
     if cost not in COSTS:
@@ -310,6 +310,8 @@ def compress(model, train_data, val_data, target, cost="macs", finetune_epochs=2
                         f"Received: profile_options={profile_options!r}")
     if plan is not None and not isinstance(plan, CompressionPlan):
         raise TypeError(f"`plan` must be a CompressionPlan or None. Received: plan={plan!r}")
+    if methods is not None:
+        _check_methods(methods)  # before any work: search would name a bad one minutes later
     log = log or (lambda line: None)
     first_applicable = methods is None or _has_tiers(methods)
     methods = default_methods(target) if methods is None else methods
