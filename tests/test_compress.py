@@ -3,7 +3,6 @@
 import importlib.util
 import inspect
 import json
-import re
 import statistics
 
 import keras
@@ -280,6 +279,9 @@ def test_cli_compress_names_missing_arrays(model, tmp_path, capsys):
     ({"distill": 1}, r"`distill` must be True or False\. Received: distill=1"),
     ({"refit": "yes"}, r"`refit` must be True or False\. Received: refit='yes'"),
     ({"profile_repeats": 0}, r"`profile_repeats` must be an integer >= 1\. Received: profile_repeats=0"),
+    ({"methods": 5}, r"`methods` must be a non-empty list .* Received: methods=5"),
+    ({"methods": ("svd", ())}, r"Received: methods=\('svd', \(\)\)"),
+    ({"methods": ("svd", "foo")}, r"Unknown factorization method\(s\) 'foo'.* Received: methods=\('svd', 'foo'\)"),
 ])
 def test_bad_arguments_are_named(model, data, tmp_path, kwargs, message):
     args = {"train_data": data[0], "val_data": data[1], "target": 0.5, **kwargs}
@@ -345,13 +347,6 @@ def test_methods_with_a_tuple_of_names_are_an_order_of_preference(model, data, t
     assert caught.value.args == (methods, first_applicable)
 
 
-@pytest.mark.parametrize("methods", [5, ("svd", ()), ("svd", "foo")])
-def test_compress_names_bad_methods_before_any_work(model, data, tmp_path, methods):
-    with pytest.raises(ValueError, match=re.escape(f"Received: methods={methods!r}")):
-        compress(model, data[0], data[1], 0.5, methods=methods, output_dir=tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
 @pytest.mark.parametrize("flags, methods, first_applicable", [
     (["--methods", "spatial, svd"], ["spatial", "svd"], False),
     (["--methods", "spatial", "--methods", "svd,tucker2,cp"], [("spatial",), ("svd", "tucker2", "cp")], True),
@@ -359,13 +354,9 @@ def test_compress_names_bad_methods_before_any_work(model, data, tmp_path, metho
 def test_cli_methods_given_again_are_an_order_of_preference(model, tmp_path, monkeypatch, capsys, flags,
                                                             methods, first_applicable):
     searched = _searched_with(monkeypatch)
-    path = tmp_path / "small.keras"
-    model.save(path)
-    x = np.zeros((4, 12, 12, 3), "float32")
-    np.savez(tmp_path / "data.npz", x_train=x, y_train=np.zeros(4), x_val=x, y_val=np.zeros(4))
+    path, data = _cli_files(model, tmp_path)
     with pytest.raises(searched) as caught:
-        main(["compress", str(path), "--data", str(tmp_path / "data.npz"), "--target", "0.5",
-              "-o", str(tmp_path / "out")] + flags)
+        main(["compress", path, "--data", data, "--target", "0.5", "-o", str(tmp_path / "out")] + flags)
     assert caught.value.args == (methods, first_applicable)
 
 
@@ -382,12 +373,17 @@ def test_cli_help_states_the_default_methods(capsys):
             "decay; default: 2e-3 when the model keeps more than a quarter of its MACs, 4e-3 below)") in text
 
 
-def test_cli_compress_names_a_bad_learning_rate(model, tmp_path, capsys):
-    path = tmp_path / "small.keras"
-    model.save(path)
+def _cli_files(model, tmp_path):
+    """``model`` saved and four blank images as a .npz, for ``tflowrank compress``: their paths."""
+    model.save(tmp_path / "small.keras")
     x = np.zeros((4, 12, 12, 3), "float32")
     np.savez(tmp_path / "data.npz", x_train=x, y_train=np.zeros(4), x_val=x, y_val=np.zeros(4))
-    assert main(["compress", str(path), "--data", str(tmp_path / "data.npz"), "--target", "0.5",
+    return str(tmp_path / "small.keras"), str(tmp_path / "data.npz")
+
+
+def test_cli_compress_names_a_bad_learning_rate(model, tmp_path, capsys):
+    path, data = _cli_files(model, tmp_path)
+    assert main(["compress", path, "--data", data, "--target", "0.5",
                  "-o", str(tmp_path / "out"), "--learning-rate", "-0.1"]) == 2
     assert "Received: learning_rate=-0.1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -76,8 +76,9 @@ def default_methods(target):
 
 
 def _has_tiers(methods):
-    """Whether ``methods`` is an order of preference (holds a tuple of names) rather than names."""
-    return not isinstance(methods, str) and any(isinstance(entry, (list, tuple)) for entry in methods)
+    """Whether checked ``methods`` (a name, or a list of names and tuples of names) is an order
+    of preference, holding a tuple of names, rather than names."""
+    return any(isinstance(entry, (list, tuple)) for entry in methods)
 
 
 def default_learning_rate(macs_kept):
